@@ -1,0 +1,30 @@
+// Every fpnops schema, in one place. Backends register kernels in csrc/<backend>/<op>.*;
+// the fake (meta) kernels and autograd live in fpnops/ops/<op>.py.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(fpnops, m) {
+  // lateral + F.interpolate(top, size=lateral.shape[-2:] (or scale_factor=(scale_h, scale_w)),
+  // mode="nearest"), in one pass. Output in the lateral's memory format.
+  m.def("upsample_add(Tensor top, Tensor lateral, float? scale_h=None, float? scale_w=None) -> Tensor");
+  // Gradient of upsample_add with respect to top: each top cell sums the gradient over the
+  // output cells that read it (a gather: deterministic, no atomics).
+  m.def("upsample_add_backward_top(Tensor grad, SymInt top_h, SymInt top_w, float? scale_h=None, "
+        "float? scale_w=None) -> Tensor");
+}
+
+// The module exists to load the registrations above; it also records how it was built so
+// fpnops can refuse a _C built against another torch (see fpnops/_extension.py).
+static struct PyModuleDef fpnops_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+
+PyMODINIT_FUNC PyInit__C(void) {
+  PyObject* m = PyModule_Create(&fpnops_module);
+  if (m == nullptr) return nullptr;
+  if (PyModule_AddStringConstant(m, "torch_version", FPNOPS_TORCH_VERSION) < 0 ||
+      PyModule_AddStringConstant(m, "cuda_archs", FPNOPS_CUDA_ARCHS) < 0 ||
+      PyModule_AddIntConstant(m, "with_cuda", FPNOPS_WITH_CUDA) < 0) {
+    Py_DECREF(m);
+    return nullptr;
+  }
+  return m;
+}
