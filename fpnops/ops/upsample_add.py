@@ -89,6 +89,8 @@ def upsample_add(top, lateral, *, scale_factor=None, backend="auto"):
     check_inputs(top, lateral, scale_h, scale_w)
     backend = _backend.resolve("upsample_add", backend, lateral.device)
     if backend == "torch":
+        if lateral.numel() == 0:  # eager's interpolate refuses empty sizes; the answer is empty
+            return lateral.clone(memory_format=output_memory_format(lateral))
         return upsample_add_reference(top, lateral, scale_factor)
     if backend == "triton":
         return torch.ops.fpnops.upsample_add_triton(top, lateral, scale_h, scale_w)
@@ -148,6 +150,10 @@ def _register_autograd(forward_op, backward_top_op):
 _register_autograd("fpnops::upsample_add", "fpnops::upsample_add_backward_top")
 
 if _backend.TRITON_IMPORTABLE:
-    import fpnops.triton.upsample_add  # noqa: E402,F401  (defines the fpnops::*_triton ops)
+    from fpnops.triton import upsample_add as _triton_kernels  # defines fpnops::*_triton
+
+    if _triton_kernels.INTERPRETING:
+        torch.library.register_fake("fpnops::upsample_add_triton")(_upsample_add_fake)
+        torch.library.register_fake("fpnops::upsample_add_backward_top_triton")(_backward_top_fake)
 
     _register_autograd("fpnops::upsample_add_triton", "fpnops::upsample_add_backward_top_triton")

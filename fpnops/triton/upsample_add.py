@@ -3,22 +3,41 @@
 out[n, c, oh, ow] = lateral[n, c, oh, ow] + top[n, c, src_h(oh), src_w(ow)]
 src(d) = min(floor(float32(d) * scale), in - 1), scale = float32(in / out) or float32(1 / scale_factor)
 """
+import os
+
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import custom_op, triton_op, wrap_triton
 
 from fpnops.ops._nearest import nearest_window_starts, output_memory_format, scale_of
 
 BLOCK = 1024
+# Triton decides when a kernel is defined (now) whether it runs in its CPU interpreter.
+INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# triton_op lets torch.compile see into the kernel; the interpreter cannot run on fake tensors,
+# so there the ops are opaque custom ops whose fake kernels fpnops/ops/upsample_add.py registers.
+_define_op = custom_op if INTERPRETING else triton_op
 
 
 @triton.jit
 def _nearest_src(dst, in_size, out_size, scale, CPU_SHORTCUTS: tl.constexpr):
-    src = tl.minimum(tl.floor(dst.to(tl.float32) * scale.to(tl.float32)).to(tl.int64), in_size - 1)
+    src = tl.minimum(tl.floor(dst.to(tl.float32) * scale).to(tl.int64), in_size - 1)
     if CPU_SHORTCUTS:  # ATen's CPU kernel maps out == in and out == 2 * in by index arithmetic
         src = tl.where(out_size == in_size, dst, tl.where(out_size == 2 * in_size, dst // 2, src))
     return src
+
+
+@triton.jit
+def _cast_out(y, dtype: tl.constexpr, BF16_RNE: tl.constexpr):
+    """Round to the output dtype, to nearest even (as ATen does). Triton's interpreter truncates
+    float32 -> bfloat16, so there (BF16_RNE) the rounding is done on the bits."""
+    if BF16_RNE:
+        bits = y.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        r = bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        return tl.where(y != y, y.to(tl.bfloat16), r)
+    return y.to(dtype, fp_downcast_rounding="rtne")
 
 
 @triton.jit
@@ -41,7 +60,7 @@ def _unravel(offs, C, H, W, CHANNELS_LAST: tl.constexpr):
 def _upsample_add_kernel(out_ptr, lat_ptr, top_ptr, C, H, W, TH, TW,
                          ls_n, ls_c, ls_h, ls_w, ts_n, ts_c, ts_h, ts_w, scale_h, scale_w, numel,
                          CHANNELS_LAST: tl.constexpr, CPU_SHORTCUTS: tl.constexpr,
-                         FP64: tl.constexpr, BLOCK: tl.constexpr):
+                         FP64: tl.constexpr, BF16_RNE: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     mask = offs < numel
     n, c, oh, ow = _unravel(offs, C, H, W, CHANNELS_LAST)
@@ -53,13 +72,14 @@ def _upsample_add_kernel(out_ptr, lat_ptr, top_ptr, C, H, W, TH, TW,
         y = lat + top
     else:  # float32 opmath for float32/float16/bfloat16, rounded once on store
         y = lat.to(tl.float32) + top.to(tl.float32)
-    tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + offs, _cast_out(y, out_ptr.dtype.element_ty, BF16_RNE), mask=mask)
 
 
 @triton.jit
 def _backward_top_kernel(gtop_ptr, grad_ptr, hstart_ptr, wstart_ptr, C, TH, TW,
                          gs_n, gs_c, gs_h, gs_w, max_wh, max_ww, numel,
-                         CHANNELS_LAST: tl.constexpr, FP64: tl.constexpr, BLOCK: tl.constexpr):
+                         CHANNELS_LAST: tl.constexpr, FP64: tl.constexpr, BF16_RNE: tl.constexpr,
+                         BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     mask = offs < numel
     n, c, ih, iw = _unravel(offs, C, TH, TW, CHANNELS_LAST)
@@ -78,14 +98,18 @@ def _backward_top_kernel(gtop_ptr, grad_ptr, hstart_ptr, wstart_ptr, C, TH, TW,
             inside = mask & (h0 + dh < h1) & (w0 + dw < w1)
             g = tl.load(base + (h0 + dh) * gs_h + (w0 + dw) * gs_w, mask=inside, other=0.0)
             acc += g.to(acc.dtype)
-    tl.store(gtop_ptr + offs, acc.to(gtop_ptr.dtype.element_ty), mask=mask)
+    tl.store(gtop_ptr + offs, _cast_out(acc, gtop_ptr.dtype.element_ty, BF16_RNE), mask=mask)
+
+
+def _bf16_rne(t):
+    return t.dtype == torch.bfloat16 and INTERPRETING
 
 
 def _grid(numel):
     return (triton.cdiv(numel, BLOCK),)
 
 
-@triton_op("fpnops::upsample_add_triton", mutates_args=())
+@_define_op("fpnops::upsample_add_triton", mutates_args=())
 def upsample_add_triton(top: torch.Tensor, lateral: torch.Tensor, scale_h: float | None = None,
                         scale_w: float | None = None) -> torch.Tensor:
     fmt = output_memory_format(lateral)
@@ -97,11 +121,11 @@ def upsample_add_triton(top: torch.Tensor, lateral: torch.Tensor, scale_h: float
         out, lateral, top, c, h, w, th, tw, *lateral.stride(), *top.stride(),
         scale_of(th, h, scale_h), scale_of(tw, w, scale_w), out.numel(),
         CHANNELS_LAST=fmt == torch.channels_last, CPU_SHORTCUTS=lateral.device.type == "cpu",
-        FP64=lateral.dtype == torch.float64, BLOCK=BLOCK)
+        FP64=lateral.dtype == torch.float64, BF16_RNE=_bf16_rne(lateral), BLOCK=BLOCK)
     return out
 
 
-@triton_op("fpnops::upsample_add_backward_top_triton", mutates_args=())
+@_define_op("fpnops::upsample_add_backward_top_triton", mutates_args=())
 def upsample_add_backward_top_triton(grad: torch.Tensor, top_h: int, top_w: int,
                                      scale_h: float | None = None,
                                      scale_w: float | None = None) -> torch.Tensor:
@@ -110,6 +134,8 @@ def upsample_add_backward_top_triton(grad: torch.Tensor, top_h: int, top_w: int,
     gtop = torch.empty((n, c, top_h, top_w), dtype=grad.dtype, device=grad.device, memory_format=fmt)
     if gtop.numel() == 0:
         return gtop
+    if h == 0 or w == 0:  # nothing read top
+        return gtop.zero_()
     cpu = grad.device.type == "cpu"
     hs = nearest_window_starts(top_h, h, scale_h, cpu)
     ws = nearest_window_starts(top_w, w, scale_w, cpu)
@@ -117,5 +143,5 @@ def upsample_add_backward_top_triton(grad: torch.Tensor, top_h: int, top_w: int,
     wrap_triton(_backward_top_kernel)[_grid(gtop.numel())](
         gtop, grad, hs.to(grad.device), ws.to(grad.device), c, top_h, top_w, *grad.stride(),
         max_wh, max_ww, gtop.numel(), CHANNELS_LAST=fmt == torch.channels_last,
-        FP64=grad.dtype == torch.float64, BLOCK=BLOCK)
+        FP64=grad.dtype == torch.float64, BF16_RNE=_bf16_rne(grad), BLOCK=BLOCK)
     return gtop

@@ -1,0 +1,200 @@
+"""upsample_add: bit-identical to eager on every backend, dtype, layout and shape; autograd;
+opcheck; torch.compile; empty inputs."""
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import devices
+from helpers import DTYPES, LAYOUTS, backends_for, make
+
+import fpnops
+from fpnops.ops.upsample_add import upsample_add_reference
+
+# (top h, w) -> (lateral H, W): 2x, odd 2x (25x38 -> 50x75), non-2x ratios, equal sizes,
+# top larger than lateral, 1-pixel maps.
+SHAPES = [((5, 7), (10, 14)), ((25, 38), (50, 75)), ((4, 6), (11, 13)), ((6, 5), (6, 5)),
+          ((9, 8), (4, 5)), ((1, 1), (3, 2)), ((3, 4), (7, 17))]
+SCALED = [((5, 7), 2.0, (10, 14)), ((4, 6), (3.0, 1.5), (12, 9)), ((10, 10), 2.05, (20, 20)),
+          ((10, 9), 1.05, (10, 9)), ((7, 7), 0.5, (3, 3)),
+          ((10, 10), 2.55, (25, 25))]
+
+
+def each_backend():
+    return [(d, b) for d in ["cpu", "cuda"] for b in backends_for(d)
+            if d == "cpu" or torch.cuda.is_available()]
+
+
+def check_exact(out, ref, same_strides=True):
+    """Same values bit for bit; same strides as eager where the lateral has a memory format
+    (for an arbitrary strided view eager keeps its odd dim order, we write NCHW)."""
+    assert out.dtype == ref.dtype and out.shape == ref.shape
+    assert torch.equal(out, ref), f"max abs diff {(out.double() - ref.double()).abs().max()}"
+    if same_strides:
+        assert out.stride() == ref.stride(), f"strides {out.stride()} != eager {ref.stride()}"
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("top_hw,lat_hw", SHAPES)
+def test_bit_identical_every_backend(device, dtype, top_hw, lat_hw):
+    top = make((2, 5, *top_hw), dtype, device, "contiguous")
+    for layout in LAYOUTS:
+        lat = make((2, 5, *lat_hw), dtype, device, layout)
+        ref = upsample_add_reference(top, lat)
+        for backend in backends_for(device):
+            check_exact(fpnops.upsample_add(top, lat, backend=backend), ref, layout != "strided")
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("top_layout", LAYOUTS)
+@pytest.mark.parametrize("lat_layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_mixed_layouts(device, top_layout, lat_layout, dtype):
+    top = make((2, 16, 5, 6), dtype, device, top_layout)
+    lat = make((2, 16, 11, 12), dtype, device, lat_layout)
+    ref = upsample_add_reference(top, lat)
+    for backend in backends_for(device):
+        check_exact(fpnops.upsample_add(top, lat, backend=backend), ref, lat_layout != "strided")
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("top_hw,scale,lat_hw", SCALED)
+def test_scale_factor(device, dtype, top_hw, scale, lat_hw):
+    """With scale_factor the index scale is 1/scale_factor (not in/out): 2.05 and 1.05 differ."""
+    top = make((1, 3, *top_hw), dtype, device, "contiguous")
+    lat = make((1, 3, *lat_hw), dtype, device, "channels_last")
+    ref = upsample_add_reference(top, lat, scale)
+    for backend in backends_for(device):
+        check_exact(fpnops.upsample_add(top, lat, scale_factor=scale, backend=backend), ref)
+
+
+def test_scale_factor_rule_is_not_size_rule():
+    """Guards the test above: index scale 1/2.55 gives other values than 10/25."""
+    top, lat = torch.randn(1, 1, 10, 10), torch.randn(1, 1, 25, 25)
+    by_scale = fpnops.upsample_add(top, lat, scale_factor=2.55)
+    assert torch.equal(by_scale, upsample_add_reference(top, lat, 2.55))
+    assert not torch.equal(by_scale, fpnops.upsample_add(top, lat))
+
+
+def test_wide_channels_vector_paths():
+    """C and W long enough to go through the vectorised loops and their tails."""
+    for dtype in DTYPES:
+        for layout in ["contiguous", "channels_last"]:
+            top = make((2, 67, 9, 33), dtype, "cpu", layout)
+            lat = make((2, 67, 18, 67), dtype, "cpu", layout)
+            check_exact(fpnops.upsample_add(top, lat), upsample_add_reference(top, lat))
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("top_shape,lat_shape", [
+    ((0, 4, 5, 6), (0, 4, 10, 12)), ((2, 0, 5, 6), (2, 0, 10, 12)), ((2, 4, 5, 6), (2, 4, 0, 12)),
+    ((2, 4, 0, 0), (2, 4, 0, 0)), ((2, 4, 5, 6), (2, 4, 10, 0))])
+def test_empty(device, top_shape, lat_shape):
+    top = torch.randn(top_shape, device=device, requires_grad=True)
+    lat = torch.randn(lat_shape, device=device, requires_grad=True)
+    for backend in backends_for(device):
+        out = fpnops.upsample_add(top, lat, backend=backend)
+        assert out.shape == lat.shape and out.numel() == 0
+        out.sum().backward()
+        if top.grad is not None:
+            assert top.grad.shape == top.shape and (top.grad == 0).all()
+        top.grad = None
+
+
+# --- autograd ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("top_hw,lat_hw,scale", [((3, 4), (7, 9), None), ((3, 4), (6, 8), 2.0),
+                                                 ((5, 4), (3, 7), None)])
+def test_gradcheck(device, top_hw, lat_hw, scale):
+    for backend in backends_for(device):
+        top = make((2, 3, *top_hw), torch.float64, device, "contiguous", requires_grad=True)
+        lat = make((2, 3, *lat_hw), torch.float64, device, "channels_last", requires_grad=True)
+
+        def fn(t, l):
+            return fpnops.upsample_add(t, l, scale_factor=scale, backend=backend)
+
+        assert torch.autograd.gradcheck(fn, (top, lat)), backend
+        assert torch.autograd.gradgradcheck(fn, (top, lat)), backend
+
+
+# Gradients are sums of up to (out/in)^2 terms; float32 and float64 sum in the same order as
+# eager, reduced types accumulate in float32 and round once (as eager): tolerances are one ulp.
+GRAD_TOL = {torch.float64: 0, torch.float32: 0, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_grads_match_eager(device, dtype, layout):
+    top = make((2, 6, 7, 5), dtype, device, layout, requires_grad=True)
+    lat = make((2, 6, 15, 16), dtype, device, layout, requires_grad=True)
+    grad = make((2, 6, 15, 16), dtype, device, layout)
+    ref_top, ref_lat = torch.autograd.grad(upsample_add_reference(top, lat), (top, lat), grad)
+    for backend in backends_for(device):
+        g_top, g_lat = torch.autograd.grad(fpnops.upsample_add(top, lat, backend=backend),
+                                           (top, lat), grad)
+        assert torch.equal(g_lat, ref_lat), backend
+        torch.testing.assert_close(g_top, ref_top, atol=GRAD_TOL[dtype], rtol=GRAD_TOL[dtype],
+                                   msg=f"backend {backend}")
+
+
+@pytest.mark.parametrize("device", devices())
+def test_backward_deterministic(device):
+    top = make((2, 8, 13, 11), torch.float32, device, "contiguous", requires_grad=True)
+    lat = make((2, 8, 40, 35), torch.float32, device, "channels_last")
+    grad = torch.randn_like(lat)
+    for backend in backends_for(device):
+        runs = [torch.autograd.grad(fpnops.upsample_add(top, lat, backend=backend), top, grad)[0]
+                for _ in range(3)]
+        assert all(torch.equal(runs[0], r) for r in runs[1:]), backend
+
+
+def test_grad_of_top_larger_than_lateral_is_zero_where_unread():
+    top = torch.randn(1, 1, 9, 9, dtype=torch.float64, requires_grad=True)
+    lat = torch.randn(1, 1, 4, 4, dtype=torch.float64)
+    fpnops.upsample_add(top, lat).sum().backward()
+    ref = torch.autograd.grad(upsample_add_reference(top, lat).sum(), top)[0]
+    assert torch.equal(top.grad, ref) and (ref == 0).any() and (ref == 1).any()
+
+
+# --- registration: opcheck and torch.compile ------------------------------------------------
+
+def sample_inputs(device, requires_grad):
+    mk = lambda shape, layout: make(shape, torch.float32, device, layout, requires_grad)  # noqa: E731
+    return [
+        (mk((2, 3, 5, 7), "contiguous"), mk((2, 3, 10, 14), "contiguous"), None, None),
+        (mk((2, 3, 5, 7), "channels_last"), mk((2, 3, 11, 15), "channels_last"), None, None),
+        (mk((1, 4, 4, 6), "strided"), mk((1, 4, 12, 9), "contiguous"), 3.0, 1.5),
+    ]
+
+
+@pytest.mark.parametrize("device", devices())
+def test_opcheck(device):
+    ops = {"native": (torch.ops.fpnops.upsample_add, torch.ops.fpnops.upsample_add_backward_top),
+           "triton": (torch.ops.fpnops.upsample_add_triton,
+                      torch.ops.fpnops.upsample_add_backward_top_triton)}
+    for backend in backends_for(device):
+        if backend == "torch":
+            continue
+        fwd, bwd = ops[backend]
+        for requires_grad in (False, True):
+            for args in sample_inputs(device, requires_grad):
+                torch.library.opcheck(fwd, args)
+        torch.library.opcheck(bwd, (torch.randn(2, 3, 11, 15, device=device), 5, 7, None, None))
+        torch.library.opcheck(bwd, (torch.randn(2, 3, 12, 9, device=device), 4, 6, 3.0, 1.5))
+
+
+@pytest.mark.parametrize("device", devices())
+def test_torch_compile_fullgraph(device):
+    def fpn_step(p5, c4, c3):
+        p4 = fpnops.upsample_add(p5, c4)
+        return fpnops.upsample_add(p4, c3) * 2
+
+    args = [make((1, 8, 5, 6), torch.float32, device, "contiguous"),
+            make((1, 8, 10, 12), torch.float32, device, "contiguous"),
+            make((1, 8, 19, 23), torch.float32, device, "channels_last")]
+    ref = fpn_step(*args)
+    torch._dynamo.reset()
+    out = torch.compile(fpn_step, fullgraph=True)(*args)
+    assert torch.equal(out, ref)
