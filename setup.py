@@ -96,4 +96,5 @@ def main():
     setup(ext_modules=[ext], cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})
 
 
-main()
+if __name__ == "__main__":  # setuptools runs this file as __main__; tests import it
+    main()

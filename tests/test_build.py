@@ -1,0 +1,80 @@
+"""The build and the extension loader: backends(), a stale or missing _C, the CUDA toolkit search."""
+import importlib.util
+import os
+import shutil
+import sys
+
+import pytest
+import torch
+
+import fpnops
+from fpnops import _extension
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_backends_report_what_is_registered():
+    b = fpnops.backends()
+    assert set(b) == {"cpu", "cuda", "cuda_archs", "triton", "triton_interpret"}
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    assert b["cpu"] and has("fpnops::upsample_add", "CPU")
+    assert b["cuda"] == has("fpnops::upsample_add", "CUDA")
+    assert b["cuda"] == bool(b["cuda_archs"])
+    assert b["triton"] == (importlib.util.find_spec("triton") is not None)
+
+
+def test_extension_matches_running_torch():
+    assert _extension._C.torch_version == torch.__version__
+
+
+def test_stale_extension_is_refused(monkeypatch):
+    monkeypatch.setattr(torch, "__version__", "1.0.0+other")
+    with pytest.raises(ImportError, match=r"built against torch .* but torch 1.0.0\+other.*pip install"):
+        _extension._load()
+
+
+def test_missing_extension_says_how_to_rebuild(monkeypatch):
+    monkeypatch.setitem(sys.modules, "fpnops._C", None)  # makes `from fpnops import _C` fail
+    monkeypatch.delattr(fpnops, "_C", raising=False)
+    with pytest.raises(ImportError, match=r"fpnops._C could not be loaded.*pip install"):
+        _extension._load()
+
+
+def _setup_module():
+    spec = importlib.util.spec_from_file_location("fpnops_setup", os.path.join(ROOT, "setup.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # not __main__: defines the helpers, builds nothing
+    return mod
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None and not os.environ.get("CUDA_HOME"),
+                    reason="no CUDA toolkit on this machine")
+def test_setup_finds_the_real_cuda_toolkit(monkeypatch):
+    """nvcc may be a wrapper script (here /usr/local/bin/nvcc): the toolkit is where it execs."""
+    setup = _setup_module()
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    home = setup.find_cuda_home()
+    assert home is not None
+    assert os.path.isfile(os.path.join(home, "include", "cuda_runtime.h"))
+    assert os.path.isfile(os.path.join(home, "bin", "nvcc"))
+
+
+def test_setup_honours_cuda_home(monkeypatch, tmp_path):
+    setup = _setup_module()
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path))  # not a toolkit: no guessing past it
+    assert setup.find_cuda_home() is None
+    os.makedirs(tmp_path / "bin")
+    os.makedirs(tmp_path / "include")
+    (tmp_path / "bin" / "nvcc").write_text("")
+    (tmp_path / "include" / "cuda_runtime.h").write_text("")
+    assert setup.find_cuda_home() == str(tmp_path)
+
+
+def test_setup_force_cuda_without_toolkit_fails(monkeypatch):
+    setup = _setup_module()
+    monkeypatch.setenv("FPNOPS_BUILD_CUDA", "1")
+    with pytest.raises(RuntimeError, match="FPNOPS_BUILD_CUDA=1 but no CUDA build is possible"):
+        setup.want_cuda(torch, None)
+    monkeypatch.setenv("FPNOPS_BUILD_CUDA", "0")
+    assert setup.want_cuda(torch, "/usr/local/cuda") is False
