@@ -8,9 +8,11 @@ Environment:
 """
 import glob
 import os
+import platform
 import re
 import shutil
 import subprocess
+import sys
 
 from setuptools import setup
 
@@ -81,8 +83,13 @@ def main():
     # The build's torch version is compiled in, so a stale _C is refused at import.
     macros = [("FPNOPS_TORCH_VERSION", f'"{torch.__version__}"'),
               ("FPNOPS_CUDA_ARCHS", f'"{archs}"'),
-              ("FPNOPS_WITH_CUDA", "1" if with_cuda else "0")]
-    cxx = ["-O3"]  # torch adds the C++ standard it needs
+              ("FPNOPS_WITH_CUDA", "1" if with_cuda else "0"),
+              # AVX2 copies of the CPU kernels (GCC's target pragma), picked at run time.
+              ("FPNOPS_HAVE_AVX2", "1" if platform.machine() in ("x86_64", "AMD64")
+               and sys.platform.startswith("linux") else "0")]
+    # torch adds the C++ standard it needs. -fopenmp makes at::parallel_for (inline, OpenMP in
+    # torch builds) run in parallel; not linked: GOMP_* resolve to the libgomp torch loaded.
+    cxx = ["-O3", "-fopenmp"]
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         ext = CUDAExtension("fpnops._C", sources, define_macros=macros,

@@ -13,7 +13,8 @@ def _load():
         from fpnops import _C
     except ImportError as e:  # no _C at all, or one linked against another torch (undefined symbol)
         hint = ""
-        if os.path.exists(os.path.join(here, os.pardir, "setup.py")):
+        built = any(f.startswith("_C.") for f in os.listdir(here))
+        if not built and os.path.exists(os.path.join(here, os.pardir, "setup.py")):
             hint = (f" Python imported fpnops from its source tree ({here}), which holds no built _C; "
                     "run from another directory after `pip install .`, or build in place with "
                     "`pip install --no-build-isolation -e .`.")

@@ -213,3 +213,32 @@ def test_int64_indexing_past_2_pow_31():
     ref_tail = upsample_add_reference(top[:, :, -3:], lat[:, :, -6:])
     assert torch.equal(out[:, :, -6:], ref_tail)
     assert torch.equal(out[:, :, :4], upsample_add_reference(top[:, :, :2], lat[:, :, :4]))
+
+
+def test_generic_cpu_kernels_without_avx2():
+    """The CPU kernels are compiled twice (generic at::vec and AVX2) and picked at run time by
+    ATen's CPU capability: run the generic copy in a fresh process and check it bit for bit."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import torch, fpnops
+        from fpnops.ops.upsample_add import upsample_add_reference as ref
+        assert torch.backends.cpu.get_cpu_capability() == "DEFAULT"
+        torch.manual_seed(0)
+        for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+            for fmt in (torch.contiguous_format, torch.channels_last):
+                top = torch.randn(2, 37, 9, 20, dtype=dtype).contiguous(memory_format=fmt)
+                lat = torch.randn(2, 37, 19, 41, dtype=dtype).contiguous(memory_format=fmt)
+                assert torch.equal(fpnops.upsample_add(top, lat), ref(top, lat)), (dtype, fmt)
+                g = torch.randn_like(lat)
+                t = top.detach().requires_grad_()
+                a = torch.autograd.grad(fpnops.upsample_add(t, lat), t, g)[0]
+                b = torch.autograd.grad(ref(t, lat), t, g)[0]
+                torch.testing.assert_close(a, b, atol=1e-2, rtol=1e-2)
+        print("generic ok")
+    """)
+    env = {**__import__("os").environ, "ATEN_CPU_CAPABILITY": "default"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and "generic ok" in r.stdout, r.stderr[-2000:]

@@ -1,0 +1,77 @@
+"""Side-by-side timing: interleaved rounds, medians, ratios. CPU with perf_counter, CUDA with
+events. Every candidate is checked against the baseline before it is timed."""
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+
+def machine():
+    info = {"python": platform.python_version(), "torch": torch.__version__,
+            "platform": platform.platform(), "cpu_threads": torch.get_num_threads()}
+    try:
+        import triton
+        info["triton"] = triton.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def _timer(device):
+    if device == "cuda":
+        def run(fn):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+        return run
+
+    def run(fn):
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+    return run
+
+
+def compare(fns, device, rounds=30, warmup=3, inner=1):
+    """{name: [ms per call, ...]} timing each fn once per round, in turn (interleaved), so
+    drifts in clock or load hit every candidate alike. `inner` calls per sample for tiny ops."""
+    timer = _timer(device)
+    samples = {name: [] for name in fns}
+
+    def many(fn):
+        def go():
+            for _ in range(inner):
+                fn()
+        return go
+
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            samples[name].append(timer(many(fn)) / inner)
+    return samples
+
+
+def summarize(samples, baseline):
+    """Median, spread (20th-80th percentile) and speedup over the baseline, per candidate."""
+    out = {}
+    base = statistics.median(samples[baseline])
+    for name, s in samples.items():
+        q = statistics.quantiles(s, n=5) if len(s) >= 5 else [min(s), max(s)]
+        med = statistics.median(s)
+        out[name] = {"median_ms": med, "p20_ms": q[0], "p80_ms": q[-1], "speedup": base / med}
+    return out
+
+
+def write_json(path, payload):
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)

@@ -1,0 +1,187 @@
+// The CPU kernels of upsample_add, compiled once per CPU capability: included by
+// upsample_add.cpp (generic at::vec) and upsample_add_avx2.cpp (AVX2 at::vec), which
+// define CPU_CAPABILITY first. No include guard on purpose: one copy per capability namespace.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <vector>
+
+#include "../nearest_index.h"
+
+namespace fpnops {
+namespace CPU_CAPABILITY {
+namespace {
+
+using at::vec::Vectorized;
+
+// Elements per parallel task (ATen uses the same 32768 for its elementwise kernels).
+constexpr int64_t kGrainElements = 32768;
+
+// Two float vectors (or one opmath vector) from scalar_t or already-float data.
+template <typename scalar_t, typename src_t>
+inline auto load_opmath(const src_t* p) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  if constexpr (std::is_same_v<src_t, opmath_t>) {
+    constexpr int64_t n = Vectorized<opmath_t>::size();
+    return std::make_tuple(Vectorized<opmath_t>::loadu(p), Vectorized<opmath_t>::loadu(p + n));
+  } else {
+    return at::vec::convert_to_float<scalar_t>(Vectorized<scalar_t>::loadu(p));
+  }
+}
+
+// out[i] = a[i] + b[i] for contiguous rows, in opmath, rounded once. b is scalar_t or opmath.
+template <typename scalar_t, typename b_t>
+void add_row(scalar_t* out, const scalar_t* a, const b_t* b, int64_t n) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  using Vec = Vectorized<scalar_t>;
+  int64_t i = 0;
+  if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+    for (; i + Vec::size() <= n; i += Vec::size()) {
+      (Vec::loadu(a + i) + Vec::loadu(b + i)).store(out + i);
+    }
+  } else {
+    for (; i + Vec::size() <= n; i += Vec::size()) {
+      auto [a0, a1] = at::vec::convert_to_float<scalar_t>(Vec::loadu(a + i));
+      auto [b0, b1] = load_opmath<scalar_t>(b + i);
+      at::vec::convert_from_float<scalar_t>(a0 + b0, a1 + b1).store(out + i);
+    }
+  }
+  for (; i < n; ++i) {
+    out[i] = static_cast<scalar_t>(static_cast<opmath_t>(a[i]) + static_cast<opmath_t>(b[i]));
+  }
+}
+
+std::vector<int64_t> source_table(const NearestRule& rule) {
+  std::vector<int64_t> t(rule.out_size);
+  for (int64_t i = 0; i < rule.out_size; ++i) t[i] = rule.src(i);
+  return t;
+}
+
+// Output NCHW-contiguous: one task per output row (n, c, oh). The top row it reads is
+// upsampled once into a per-thread buffer and reused while consecutive rows share it.
+template <typename scalar_t>
+void forward_nchw(at::Tensor& out, const at::Tensor& top, const at::Tensor& lat,
+                  const NearestRule& rh, const NearestRule& rw) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t C = out.size(1), H = out.size(2), W = out.size(3);
+  const auto ih_of = source_table(rh);
+  const auto iw_of = source_table(rw);
+  const scalar_t* tp = top.const_data_ptr<scalar_t>();
+  const scalar_t* lp = lat.const_data_ptr<scalar_t>();
+  scalar_t* op = out.mutable_data_ptr<scalar_t>();
+  const auto ts = top.strides();
+  const auto ls = lat.strides();
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(W, 1));
+  at::parallel_for(0, out.size(0) * C * H, grain, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> up(W);
+    int64_t cached = -1;  // (n * C + c) * top_h + ih of the row now in `up`
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t oh = r % H, nc = r / H, c = nc % C, n = nc / C;
+      const int64_t ih = ih_of[oh];
+      const int64_t key = nc * rh.in_size + ih;
+      if (key != cached) {
+        const scalar_t* trow = tp + n * ts[0] + c * ts[1] + ih * ts[2];
+        for (int64_t ow = 0; ow < W; ++ow) up[ow] = trow[iw_of[ow] * ts[3]];
+        cached = key;
+      }
+      const scalar_t* lrow = lp + n * ls[0] + c * ls[1] + oh * ls[2];
+      scalar_t* orow = op + r * W;
+      if (ls[3] == 1) {
+        add_row(orow, lrow, up.data(), W);
+      } else {
+        for (int64_t ow = 0; ow < W; ++ow) {
+          orow[ow] = static_cast<scalar_t>(static_cast<opmath_t>(lrow[ow * ls[3]]) +
+                                           static_cast<opmath_t>(up[ow]));
+        }
+      }
+    }
+  });
+}
+
+// Output channels_last: one task per output pixel (n, oh, ow), a C-vector each.
+template <typename scalar_t>
+void forward_nhwc(at::Tensor& out, const at::Tensor& top, const at::Tensor& lat,
+                  const NearestRule& rh, const NearestRule& rw) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t C = out.size(1), H = out.size(2), W = out.size(3);
+  const auto ih_of = source_table(rh);
+  const auto iw_of = source_table(rw);
+  const scalar_t* tp = top.const_data_ptr<scalar_t>();
+  const scalar_t* lp = lat.const_data_ptr<scalar_t>();
+  scalar_t* op = out.mutable_data_ptr<scalar_t>();
+  const auto ts = top.strides();
+  const auto ls = lat.strides();
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(C, 1));
+  at::parallel_for(0, out.size(0) * H * W, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t ow = p % W, oh = (p / W) % H, n = p / (W * H);
+      const scalar_t* tv = tp + n * ts[0] + ih_of[oh] * ts[2] + iw_of[ow] * ts[3];
+      const scalar_t* lv = lp + n * ls[0] + oh * ls[2] + ow * ls[3];
+      scalar_t* ov = op + p * C;
+      if (ts[1] == 1 && ls[1] == 1) {
+        add_row(ov, lv, tv, C);
+      } else {
+        for (int64_t c = 0; c < C; ++c) {
+          ov[c] = static_cast<scalar_t>(static_cast<opmath_t>(lv[c * ls[1]]) +
+                                        static_cast<opmath_t>(tv[c * ts[1]]));
+        }
+      }
+    }
+  });
+}
+
+// grad_top[n, c, ih, iw] = sum of grad over the output window that read (ih, iw), summed in
+// opmath in row-major window order (the order eager's CPU backward adds in).
+template <typename scalar_t>
+void backward_top(at::Tensor& gtop, const at::Tensor& grad, const NearestRule& rh,
+                  const NearestRule& rw) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t C = gtop.size(1), TH = gtop.size(2), TW = gtop.size(3);
+  std::vector<int64_t> h0(TH + 1), w0(TW + 1);
+  for (int64_t i = 0; i <= TH; ++i) h0[i] = rh.window_start(i);
+  for (int64_t i = 0; i <= TW; ++i) w0[i] = rw.window_start(i);
+  const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+  scalar_t* op = gtop.mutable_data_ptr<scalar_t>();
+  const auto gs = grad.strides();
+  const auto os = gtop.strides();
+  at::parallel_for(0, gtop.numel(), kGrainElements / 16, [&](int64_t begin, int64_t end) {
+    for (int64_t e = begin; e < end; ++e) {
+      // e walks gtop in NCHW order; gtop may be channels_last, so store through its strides.
+      const int64_t iw = e % TW, ih = (e / TW) % TH, c = (e / (TW * TH)) % C, n = e / (TW * TH * C);
+      const scalar_t* g = gp + n * gs[0] + c * gs[1];
+      opmath_t acc = 0;
+      for (int64_t oh = h0[ih]; oh < h0[ih + 1]; ++oh) {
+        for (int64_t ow = w0[iw]; ow < w0[iw + 1]; ++ow) {
+          acc += static_cast<opmath_t>(g[oh * gs[2] + ow * gs[3]]);
+        }
+      }
+      op[n * os[0] + c * os[1] + ih * os[2] + iw * os[3]] = static_cast<scalar_t>(acc);
+    }
+  });
+}
+
+}  // namespace
+
+void upsample_add_kernel(at::Tensor& out, const at::Tensor& top, const at::Tensor& lat,
+                         const NearestRule& rh, const NearestRule& rw) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, lat.scalar_type(), "upsample_add_cpu", [&] {
+    if (out.is_contiguous()) {
+      forward_nchw<scalar_t>(out, top, lat, rh, rw);
+    } else {
+      forward_nhwc<scalar_t>(out, top, lat, rh, rw);
+    }
+  });
+}
+
+void upsample_add_backward_top_kernel(at::Tensor& gtop, const at::Tensor& grad,
+                                      const NearestRule& rh, const NearestRule& rw) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "upsample_add_backward_top_cpu", [&] {
+    backward_top<scalar_t>(gtop, grad, rh, rw);
+  });
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace fpnops
