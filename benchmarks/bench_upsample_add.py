@@ -5,13 +5,14 @@ backend, on the FPN's P2..P5-sized maps. Interleaved rounds, medians, ratios vs 
     python benchmarks/bench_upsample_add.py --device cuda --batch 8 --out results.json
 """
 import argparse
+import datetime
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import compare, machine, summarize, write_json  # noqa: E402
+from common import compare, copy_bandwidth, machine, summarize, write_json  # noqa: E402
 
 import fpnops  # noqa: E402
 from fpnops.ops.upsample_add import upsample_add_reference  # noqa: E402
@@ -59,7 +60,10 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     results = []
-    print(f"{'case':44s} {'impl':8s} {'median ms':>10s} {'p20-p80 ms':>16s} {'x eager':>8s} {'GB/s':>7s}")
+    copy_gbps = copy_bandwidth(args.device)
+    print(f"copy bandwidth ({args.device}): {copy_gbps:.1f} GB/s (read + write)")
+    print(f"{'case':44s} {'impl':8s} {'median ms':>10s} {'p20-p80 ms':>16s} {'x eager':>8s} "
+          f"{'GB/s':>7s} {'% copy':>7s}")
     for dtype in args.dtypes:
         for layout in args.layouts:
             for size in args.sizes:
@@ -67,13 +71,16 @@ def main(argv=None):
                                  layout, args.rounds, not args.no_compile)
                 case = f"N={args.batch} C={args.channels} {size}x{size} {dtype} {layout}"
                 for impl, s in stats.items():
+                    s["pct_of_copy"] = 100 * s["GBps"] / copy_gbps
                     print(f"{case:44s} {impl:8s} {s['median_ms']:10.3f} "
-                          f"{s['p20_ms']:7.3f}-{s['p80_ms']:<8.3f} {s['speedup']:8.2f} {s['GBps']:7.1f}")
+                          f"{s['p20_ms']:7.3f}-{s['p80_ms']:<8.3f} {s['speedup']:8.2f} "
+                          f"{s['GBps']:7.1f} {s['pct_of_copy']:7.1f}")
                     results.append({"case": case, "size": size, "dtype": dtype, "layout": layout,
                                     "impl": impl, **s})
     if args.out:
         write_json(args.out, {"benchmark": "upsample_add", "device": args.device,
                               "command": " ".join(sys.argv), "machine": machine(),
+                              "date": datetime.date.today().isoformat(), "copy_GBps": copy_gbps,
                               "results": results})
     return results
 

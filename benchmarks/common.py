@@ -61,6 +61,16 @@ def compare(fns, device, rounds=30, warmup=3, inner=1):
     return samples
 
 
+def copy_bandwidth(device, nbytes=None, rounds=20):
+    """The device's copy bandwidth in GB/s (bytes read + written per second), measured with a
+    preallocated tensor copy large enough to miss the caches."""
+    nbytes = nbytes or (1 << 30 if device == "cuda" else 256 << 20)
+    src = torch.randn(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    ms = statistics.median(compare({"copy": lambda: dst.copy_(src)}, device, rounds=rounds)["copy"])
+    return 2 * nbytes / ms / 1e6
+
+
 def summarize(samples, baseline):
     """Median, spread (20th-80th percentile) and speedup over the baseline, per candidate."""
     out = {}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# On the lent GPU machine, in one call: build fpnops, run the whole test suite on the GPU (CUDA
+# and Triton kernels bit-exact vs eager), compute-sanitizer on the CUDA kernels, and the
+# benchmarks. Everything lands under $OUT; the short summary is printed last.
+#   run: bash benchmarks/gpu_check.sh
+set -uo pipefail
+OUT=${OUT:-$PWD/out}
+mkdir -p "$OUT"
+nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+gpu=$(python3 -c "import torch; n=torch.cuda.get_device_name().lower(); print('h200' if 'h200' in n else 'h100' if 'h100' in n else 'gpu')")
+
+export FPNOPS_BUILD_CUDA=1 MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+if ! python3 -m pip install --no-build-isolation --no-deps . > "$OUT/build.log" 2>&1; then
+  tail -n 60 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
+fi
+(cd /tmp && python3 -c "import fpnops; print(fpnops.backends())") | tee "$OUT/backends.txt"
+
+python3 -m pytest -q tests -p no:cacheprovider > "$OUT/tests.log" 2>&1
+echo "tests rc=$?"
+
+cat > /tmp/sanitize.py <<'PY'
+import torch, fpnops
+for dt in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        t = torch.randn(2, 24, 13, 19, device="cuda", dtype=dt).contiguous(memory_format=fmt)
+        l = torch.randn(2, 24, 25, 37, device="cuda", dtype=dt, requires_grad=True).contiguous(memory_format=fmt)
+        tt = t.detach().requires_grad_()
+        fpnops.upsample_add(tt, l).sum().backward()
+        fpnops.upsample_add(t[..., 1:], l[..., ::2])
+torch.cuda.synchronize(); print("sanitize run done")
+PY
+timeout 300 compute-sanitizer --tool memcheck python3 /tmp/sanitize.py > "$OUT/sanitizer.log" 2>&1
+echo "compute-sanitizer rc=$? (see sanitizer.log; it may refuse the device under gVisor)"
+
+python3 benchmarks/bench_upsample_add.py --device cuda --batch 8 --dtypes float16 bfloat16 float32 \
+  --out "$OUT/$gpu-upsample_add.json" > "$OUT/bench_upsample_add.txt" 2>&1
+echo "bench rc=$?"
+
+echo "== tests"; tail -n 3 "$OUT/tests.log"
+echo "== sanitizer"; tail -n 3 "$OUT/sanitizer.log"
+echo "== upsample_add (N=8, C=256)"; grep -v Warning "$OUT/bench_upsample_add.txt" | tail -n 80
