@@ -36,6 +36,11 @@ python3 benchmarks/bench_upsample_add.py --device cuda --batch 8 --dtypes float1
   --out "$OUT/$gpu-upsample_add.json" > "$OUT/bench_upsample_add.txt" 2>&1
 echo "bench rc=$?"
 
+python3 benchmarks/bench_fpn.py --device cuda --batch 1 8 --dtypes float16 bfloat16 float32 \
+  --layout channels_last --rounds 20 --out "$OUT/$gpu-fpn.json" > "$OUT/bench_fpn.txt" 2>&1
+echo "bench fpn rc=$?"
+
 echo "== tests"; tail -n 3 "$OUT/tests.log"
 echo "== sanitizer"; tail -n 3 "$OUT/sanitizer.log"
 echo "== upsample_add (N=8, C=256)"; grep -v Warning "$OUT/bench_upsample_add.txt" | tail -n 80
+echo "== FPN neck"; grep -v Warning "$OUT/bench_fpn.txt" | tail -n 40

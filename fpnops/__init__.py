@@ -3,6 +3,8 @@ from fpnops._extension import _C  # noqa: F401  (loads the compiled ops; refuses
 from fpnops._backend import backends
 from fpnops.ops import upsample_add
 from fpnops import reference
+from fpnops.nn import FusedFPN
+from fpnops.fuse import fuse
 
 __version__ = "0.1.0"
-__all__ = ["backends", "upsample_add", "reference"]
+__all__ = ["backends", "upsample_add", "reference", "FusedFPN", "fuse"]

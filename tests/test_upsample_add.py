@@ -215,7 +215,7 @@ def test_int64_indexing_past_2_pow_31():
     assert torch.equal(out[:, :, :4], upsample_add_reference(top[:, :, :2], lat[:, :, :4]))
 
 
-def test_generic_cpu_kernels_without_avx2():
+def test_generic_cpu_kernels_without_avx2(tmp_path):
     """The CPU kernels are compiled twice (generic at::vec and AVX2) and picked at run time by
     ATen's CPU capability: run the generic copy in a fresh process and check it bit for bit."""
     import subprocess
@@ -240,5 +240,7 @@ def test_generic_cpu_kernels_without_avx2():
         print("generic ok")
     """)
     env = {**__import__("os").environ, "ATEN_CPU_CAPABILITY": "default"}
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    # cwd away from the source tree: `python -c` imports from the working directory first.
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       cwd=tmp_path)
     assert r.returncode == 0 and "generic ok" in r.stdout, r.stderr[-2000:]

@@ -41,6 +41,10 @@ class FPN(nn.Module):
         m3 = l3 + self._up(m4, l3)
         l2 = self.lat2(c2)
         m2 = l2 + self._up(m3, l2)
+        return self._outputs(m2, m3, m4, m5)
+
+    def _outputs(self, m2, m3, m4, m5):
+        """The output convs on the merged maps M2..M5 (P6 by subsampling P5)."""
         p2, p3, p4 = self.out2(m2), self.out3(m3), self.out4(m4)
         if self.variant == "paper":
             return p2, p3, p4, m5

@@ -1,0 +1,189 @@
+"""FusedFPN: torchvision's FeaturePyramidNetwork (and the seeds' reference FPN) with the
+top-down step `lateral + nearest_upsample(top)` done by fpnops.upsample_add in one pass.
+
+Same constructor, submodule names, state_dict keys and forward contract as
+torchvision.ops.FeaturePyramidNetwork, so checkpoints load unchanged and outputs are equal bit
+for bit (upsample_add is bit-identical to eager's interpolate + add).
+"""
+from collections import OrderedDict
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from fpnops import _backend
+from fpnops.ops.upsample_add import upsample_add
+from fpnops.reference.fpn import FPN as ReferenceFPN
+
+
+def _top_down(top: Tensor, lateral: Tensor, backend: str, scale_factor: Optional[float] = None) -> Tensor:
+    if torch.jit.is_scripting():  # TorchScript cannot compile the Python face; the op it can
+        return torch.ops.fpnops.upsample_add(top, lateral, scale_factor, scale_factor)
+    return upsample_add(top, lateral, scale_factor=scale_factor, backend=backend)
+
+
+def _conv_norm(in_channels, out_channels, kernel_size, norm_layer):
+    """torchvision's Conv2dNormActivation(..., activation_layer=None) layout: [conv, norm]."""
+    layers = [nn.Conv2d(in_channels, out_channels, kernel_size, padding=(kernel_size - 1) // 2,
+                        bias=norm_layer is None)]
+    if norm_layer is not None:
+        layers.append(norm_layer(out_channels))
+    return nn.Sequential(*layers)
+
+
+def _check_backend(backend):
+    if backend not in _backend.BACKENDS:
+        raise ValueError(f"FusedFPN: backend must be one of {_backend.BACKENDS}, got {backend!r}")
+    return backend
+
+
+class FusedFPN(nn.Module):
+    """Drop-in for torchvision.ops.FeaturePyramidNetwork.
+
+    Args:
+        in_channels_list: channels of each input level, finest first.
+        out_channels: channels of every output level.
+        extra_blocks: an ExtraFPNBlock (e.g. LastLevelMaxPool, LastLevelP6P7), called as
+            extra_blocks(results, inputs, names) -> (results, names).
+        norm_layer: optional norm after each conv (the convs then have no bias).
+        backend: the upsample_add backend ("auto", "native", "triton", "torch").
+
+    forward(OrderedDict[str, Tensor]) -> OrderedDict[str, Tensor]: the same keys, plus the extra
+    blocks' names (e.g. "pool").
+    """
+
+    _version = 2
+    __constants__ = ["backend"]
+
+    def __init__(self, in_channels_list: List[int], out_channels: int,
+                 extra_blocks: Optional[nn.Module] = None,
+                 norm_layer: Optional[Callable[..., nn.Module]] = None, *, backend: str = "auto"):
+        super().__init__()
+        self.inner_blocks = nn.ModuleList()
+        self.layer_blocks = nn.ModuleList()
+        for in_channels in in_channels_list:
+            if in_channels == 0:
+                raise ValueError("FusedFPN: in_channels=0 is not supported")
+            self.inner_blocks.append(_conv_norm(in_channels, out_channels, 1, norm_layer))
+            self.layer_blocks.append(_conv_norm(out_channels, out_channels, 3, norm_layer))
+        for m in self.modules():  # torchvision's initialisation, before extra_blocks joins
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_uniform_(m.weight, a=1)
+                if m.bias is not None:
+                    nn.init.constant_(m.bias, 0)
+        if extra_blocks is not None and not isinstance(extra_blocks, nn.Module):
+            raise TypeError(f"FusedFPN: extra_blocks should be an ExtraFPNBlock (nn.Module), got "
+                            f"{type(extra_blocks).__name__}")
+        self.extra_blocks = extra_blocks
+        self.backend = _check_backend(backend)
+
+    @classmethod
+    def from_module(cls, m: nn.Module, *, backend: str = "auto", copy: bool = False) -> nn.Module:
+        """A fused module computing what `m` computes, sharing its submodules (parameters,
+        buffers, hooks) unless copy=True.
+
+        m: a torchvision FeaturePyramidNetwork (-> FusedFPN) or an fpnops.reference.FPN
+        (-> FusedReferenceFPN, which keeps its call convention: C2..C5 in, P2..P6 out).
+        """
+        if copy:
+            import copy as _copy
+            m = _copy.deepcopy(m)
+        if isinstance(m, ReferenceFPN):
+            return FusedReferenceFPN._from_reference(m, backend)
+        if isinstance(m, cls):
+            fused = cls._from_parts(m.inner_blocks, m.layer_blocks, m.extra_blocks, backend)
+        elif _is_torchvision_fpn(m):
+            fused = cls._from_parts(m.inner_blocks, m.layer_blocks, m.extra_blocks, backend)
+        else:
+            raise TypeError(f"FusedFPN.from_module: expected torchvision.ops.FeaturePyramidNetwork "
+                            f"or fpnops.reference.FPN, got {type(m).__name__}")
+        return fused.train(m.training)
+
+    @classmethod
+    def _from_parts(cls, inner_blocks, layer_blocks, extra_blocks, backend):
+        fused = cls.__new__(cls)
+        nn.Module.__init__(fused)
+        fused.inner_blocks, fused.layer_blocks = inner_blocks, layer_blocks
+        fused.extra_blocks = extra_blocks
+        fused.backend = _check_backend(backend)
+        return fused
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # Version-1 checkpoints (torchvision < 0.13) name the convs `inner_blocks.{i}.weight`;
+        # since version 2 they are `inner_blocks.{i}.0.weight`.
+        version = local_metadata.get("version", None)
+        if version is None or version < 2:
+            for block in ("inner_blocks", "layer_blocks"):
+                for i in range(len(self.inner_blocks)):
+                    for kind in ("weight", "bias"):
+                        old, new = f"{prefix}{block}.{i}.{kind}", f"{prefix}{block}.{i}.0.{kind}"
+                        if old in state_dict:
+                            state_dict[new] = state_dict.pop(old)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def forward(self, x: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        names = list(x.keys())
+        feats = list(x.values())
+        n = len(feats)
+        # Finest first in `feats`; the top-down pass goes coarsest to finest.
+        inner: List[Tensor] = [feats[i] for i in range(n)]
+        for i, block in enumerate(self.inner_blocks):  # enumerate: TorchScript-friendly indexing
+            inner[i] = block(feats[i])
+        results: List[Tensor] = [inner[i] for i in range(n)]
+        last_inner = inner[n - 1]
+        for idx in range(n - 2, -1, -1):
+            last_inner = _top_down(last_inner, inner[idx], self.backend)
+            inner[idx] = last_inner
+        for i, block in enumerate(self.layer_blocks):
+            results[i] = block(inner[i])
+        if self.extra_blocks is not None:
+            results, names = self.extra_blocks(results, feats, names)
+        out = OrderedDict([(k, v) for k, v in zip(names, results)])
+        return out
+
+    def extra_repr(self) -> str:
+        return f"backend={self.backend!r}"
+
+
+def _is_torchvision_fpn(m):
+    try:
+        from torchvision.ops import FeaturePyramidNetwork
+    except ImportError:
+        return False
+    return isinstance(m, FeaturePyramidNetwork)
+
+
+class FusedReferenceFPN(ReferenceFPN):
+    """fpnops.reference.FPN (either variant) with a fused top-down step: same names, same call
+    convention (C2..C5 in; P2..P6 for the notebook variant, P2..P5 for the paper one)."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = _check_backend(backend)
+
+    @classmethod
+    def _from_reference(cls, m, backend):
+        fused = cls.__new__(cls)
+        nn.Module.__init__(fused)
+        fused.variant = m.variant
+        for name, child in m.named_children():
+            setattr(fused, name, child)
+        fused.backend = _check_backend(backend)
+        return fused.train(m.training)
+
+    def _up_add(self, top, lateral):
+        scale = 2.0 if self.variant == "paper" else None
+        return _top_down(top, lateral, self.backend, scale)
+
+    def forward(self, c2, c3, c4, c5):
+        m5 = self.lat5(c5)
+        m4 = self._up_add(m5, self.lat4(c4))
+        m3 = self._up_add(m4, self.lat3(c3))
+        m2 = self._up_add(m3, self.lat2(c2))
+        return self._outputs(m2, m3, m4, m5)
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, backend={self.backend!r}"

@@ -1,0 +1,253 @@
+"""FusedFPN: a drop-in for torchvision's FeaturePyramidNetwork and the reference FPN, and
+fpnops.fuse() over the models that hold them."""
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+from helpers import backends_for
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
+
+import fpnops
+from fpnops.nn import FusedReferenceFPN
+from fpnops.reference import FPN, DetectionModel
+
+CHANNELS = [16, 24, 32, 40]
+
+
+def features(dtype=torch.float32, layout=torch.contiguous_format, sizes=((41, 59), (21, 30), (11, 15), (6, 8))):
+    return OrderedDict((f"feat{i}", torch.randn(2, c, h, w, dtype=dtype).contiguous(memory_format=layout))
+                       for i, (c, (h, w)) in enumerate(zip(CHANNELS, sizes)))
+
+
+def extra_blocks():
+    return {"none": None, "pool": LastLevelMaxPool(), "p6p7": LastLevelP6P7(8, 8)}
+
+
+def assert_same_outputs(a, b, exact=True):
+    assert list(a.keys()) == list(b.keys())
+    for k in a:
+        if exact:
+            assert torch.equal(a[k], b[k]), k
+        else:
+            torch.testing.assert_close(a[k], b[k])
+
+
+# --- drop-in contract ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra", ["none", "pool", "p6p7"])
+@pytest.mark.parametrize("norm", [None, nn.BatchNorm2d])
+def test_same_names_state_dict_and_outputs(extra, norm):
+    torch.manual_seed(1)
+    tv = FeaturePyramidNetwork(CHANNELS, 8, extra_blocks=extra_blocks()[extra], norm_layer=norm).eval()
+    torch.manual_seed(1)
+    ours = fpnops.FusedFPN(CHANNELS, 8, extra_blocks=extra_blocks()[extra], norm_layer=norm).eval()
+    # Same construction, same initialisation order: identical parameters without loading.
+    assert list(ours.state_dict().keys()) == list(tv.state_dict().keys())
+    for (k, a), b in zip(ours.state_dict().items(), tv.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert [n for n, _ in ours.named_modules()] == [n for n, _ in tv.named_modules()]
+    x = features()
+    with torch.no_grad():
+        assert_same_outputs(ours(x), tv(x))
+    names = list(ours(x).keys())
+    assert names[:4] == list(x.keys()) and names[4:] == {"none": [], "pool": ["pool"],
+                                                         "p6p7": ["p6", "p7"]}[extra]
+
+
+def test_loads_torchvision_checkpoints_including_version_1():
+    tv = FeaturePyramidNetwork(CHANNELS, 8, extra_blocks=LastLevelMaxPool()).eval()
+    ours = fpnops.FusedFPN(CHANNELS, 8, extra_blocks=LastLevelMaxPool()).eval()
+    ours.load_state_dict(tv.state_dict())
+    x = features()
+    assert_same_outputs(ours(x), tv(x))
+    # torchvision < 0.13 saved `inner_blocks.0.weight` (version 1); both remap it.
+    v1 = OrderedDict((k.replace(".0.weight", ".weight").replace(".0.bias", ".bias"), v)
+                     for k, v in tv.state_dict().items())
+    v1._metadata = OrderedDict({"": {"version": 1}})
+    fresh = fpnops.FusedFPN(CHANNELS, 8, extra_blocks=LastLevelMaxPool()).eval()
+    fresh.load_state_dict(v1)
+    assert_same_outputs(fresh(x), tv(x))
+
+
+def test_repr_and_bad_arguments():
+    m = fpnops.FusedFPN(CHANNELS, 8, backend="torch")
+    assert "backend='torch'" in repr(m)
+    with pytest.raises(ValueError, match="backend must be one of.*'fast'"):
+        fpnops.FusedFPN(CHANNELS, 8, backend="fast")
+    with pytest.raises(ValueError, match="in_channels=0"):
+        fpnops.FusedFPN([16, 0], 8)
+    with pytest.raises(TypeError, match="extra_blocks should be an ExtraFPNBlock.*str"):
+        fpnops.FusedFPN(CHANNELS, 8, extra_blocks="pool")
+    with pytest.raises(TypeError, match="from_module: expected .* got Linear"):
+        fpnops.FusedFPN.from_module(nn.Linear(2, 2))
+
+
+# --- from_module --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", backends_for("cpu"))
+def test_from_module_torchvision_shares_weights(backend):
+    tv = FeaturePyramidNetwork(CHANNELS, 8, extra_blocks=LastLevelP6P7(8, 8)).eval()
+    fused = fpnops.FusedFPN.from_module(tv, backend=backend)
+    assert fused.inner_blocks[0][0].weight is tv.inner_blocks[0][0].weight
+    assert not fused.training
+    x = features()
+    assert_same_outputs(fused(x), tv(x))
+    copied = fpnops.FusedFPN.from_module(tv, copy=True)
+    assert copied.inner_blocks[0][0].weight is not tv.inner_blocks[0][0].weight
+    assert_same_outputs(copied(x), tv(x))
+
+
+@pytest.mark.parametrize("variant", ["notebook", "paper"])
+def test_from_module_reference_fpn_keeps_call_convention(variant):
+    ref = FPN(CHANNELS, 8, variant=variant).eval()
+    fused = fpnops.FusedFPN.from_module(ref)
+    assert isinstance(fused, FusedReferenceFPN) and fused.variant == variant
+    assert fused.state_dict().keys() == ref.state_dict().keys()
+    sizes = [(32, 48), (16, 24), (8, 12), (4, 6)] if variant == "paper" else [(33, 49), (17, 25), (9, 13), (5, 7)]
+    cs = [torch.randn(1, c, h, w) for c, (h, w) in zip(CHANNELS, sizes)]
+    with torch.no_grad():
+        a, b = ref(*cs), fused(*cs)
+    assert len(a) == len(b) == (4 if variant == "paper" else 5)
+    for p, q in zip(a, b):
+        assert torch.equal(p, q)
+
+
+# --- bit-identical in eval, every dtype and layout; the detection backbone on an odd image ---
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_bit_identical_every_dtype_and_layout(dtype, layout):
+    tv = FeaturePyramidNetwork(CHANNELS, 8, extra_blocks=LastLevelMaxPool()).eval().to(dtype)
+    fused = fpnops.FusedFPN.from_module(tv)
+    x = features(dtype, layout)
+    with torch.no_grad():
+        assert_same_outputs(fused(x), tv(x))
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_resnet_fpn_backbone_odd_image(layout):
+    backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, trainable_layers=5).eval()
+    backbone = backbone.to(memory_format=layout)
+    fused = fpnops.fuse(backbone)
+    assert isinstance(fused.fpn, fpnops.FusedFPN) and type(backbone.fpn) is FeaturePyramidNetwork
+    img = torch.randn(1, 3, 801, 1199).contiguous(memory_format=layout)
+    with torch.no_grad():
+        a, b = backbone(img), fused(img)
+    assert list(a.keys()) == ["0", "1", "2", "3", "pool"]
+    assert_same_outputs(a, b)
+
+
+# --- training: gradients equal the source's --------------------------------------------------
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)], ids=str)
+def test_gradients_match(dtype, tol):
+    tv = FeaturePyramidNetwork(CHANNELS, 8, extra_blocks=LastLevelP6P7(8, 8),
+                               norm_layer=nn.BatchNorm2d).to(dtype).train()
+    fused = fpnops.FusedFPN.from_module(tv, copy=True).train()
+    x1 = OrderedDict((k, v.requires_grad_()) for k, v in features(dtype).items())
+    x2 = OrderedDict((k, v.detach().clone().requires_grad_()) for k, v in x1.items())
+    out_a, out_b = tv(x1), fused(x2)
+    grads = [torch.randn_like(v) for v in out_a.values()]
+    torch.autograd.backward(list(out_a.values()), grads)
+    torch.autograd.backward(list(out_b.values()), grads)
+    for k in x1:
+        torch.testing.assert_close(x2[k].grad, x1[k].grad, atol=tol, rtol=tol)
+    for (n, p), q in zip(fused.named_parameters(), tv.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=tol, rtol=tol, msg=n)
+    for (n, b), c in zip(fused.named_buffers(), tv.buffers()):  # BatchNorm running stats
+        torch.testing.assert_close(b, c, atol=tol, rtol=tol, msg=n)
+
+
+# --- compile, autocast, export, TorchScript --------------------------------------------------
+
+def test_torch_compile_fullgraph():
+    tv = FeaturePyramidNetwork(CHANNELS, 8, extra_blocks=LastLevelMaxPool()).eval()
+    fused = fpnops.FusedFPN.from_module(tv)
+    x = features()
+    torch._dynamo.reset()
+    compiled = torch.compile(fused, fullgraph=True)
+    with torch.no_grad():
+        ref, out = tv(x), compiled(x)
+    assert_same_outputs(ref, out, exact=False)  # inductor may reorder the convs' rounding
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_autocast(dtype):
+    tv = FeaturePyramidNetwork(CHANNELS, 8, extra_blocks=LastLevelMaxPool()).eval()
+    fused = fpnops.FusedFPN.from_module(tv)
+    x = features()
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        a, b = tv(x), fused(x)
+    assert all(v.dtype == dtype for v in b.values())
+    assert_same_outputs(a, b)
+
+
+def test_torch_export():
+    tv = FeaturePyramidNetwork(CHANNELS, 8, extra_blocks=LastLevelMaxPool()).eval()
+    fused = fpnops.FusedFPN.from_module(tv)
+    x = features()
+    ep = torch.export.export(fused, (x,))
+    assert any("fpnops.upsample_add" in str(n.target) for n in ep.graph.nodes)
+    assert_same_outputs(ep.module()(x), tv(x))
+
+
+def test_torch_jit_script():
+    """torchvision's FPN is scriptable, and so is FusedFPN: it calls the op directly there."""
+    tv = FeaturePyramidNetwork(CHANNELS, 8, extra_blocks=LastLevelMaxPool()).eval()
+    scripted = torch.jit.script(fpnops.FusedFPN.from_module(tv))
+    x = features()
+    assert "fpnops::upsample_add" in str(scripted.graph) or "fpnops::upsample_add" in str(scripted.inlined_graph)
+    assert_same_outputs(scripted(x), tv(x))
+
+
+# --- fuse() over whole models ------------------------------------------------------------------
+
+def test_fuse_leaves_input_alone_unless_inplace():
+    model = DetectionModel(backbone="resnet34").eval()
+    fused = fpnops.fuse(model)
+    assert type(model.fpn) is FPN and isinstance(fused.fpn, FusedReferenceFPN)
+    assert fused.backbone is not model.backbone  # a deep copy: the input is untouched
+    assert fused.state_dict().keys() == model.state_dict().keys()
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        for (o1, b1), (o2, b2) in zip(model(x), fused(x)):
+            assert torch.equal(o1, o2) and torch.equal(b1, b2)
+    same = fpnops.fuse(model, inplace=True)
+    assert same is model and isinstance(model.fpn, FusedReferenceFPN)
+
+
+def test_fuse_root_module_and_unrelated_models():
+    tv = FeaturePyramidNetwork(CHANNELS, 8)
+    assert isinstance(fpnops.fuse(tv), fpnops.FusedFPN)
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    fused = fpnops.fuse(plain)
+    assert [type(m) for m in fused] == [nn.Conv2d, nn.ReLU]
+    with pytest.raises(TypeError, match="model must be an nn.Module, got int"):
+        fpnops.fuse(3)
+
+
+def test_fasterrcnn_same_boxes_after_fuse():
+    model = torchvision.models.detection.fasterrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, min_size=224, max_size=320, box_score_thresh=0.0).eval()
+    fused = fpnops.fuse(model)
+    assert isinstance(fused.backbone.fpn, fpnops.FusedFPN)
+    img = [torch.rand(3, 211, 287)]
+    with torch.no_grad():
+        a, b = model(img)[0], fused(img)[0]
+    assert a["boxes"].shape[0] > 0
+    for k in ("boxes", "scores", "labels"):
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_retinanet_and_maskrcnn_fuse():
+    for ctor in (torchvision.models.detection.retinanet_resnet50_fpn,
+                 torchvision.models.detection.maskrcnn_resnet50_fpn):
+        model = ctor(weights=None, weights_backbone=None)
+        fused = fpnops.fuse(model)
+        fpns = [m for m in fused.modules() if isinstance(m, fpnops.FusedFPN)]
+        assert len(fpns) == 1 and not any(type(m) is FeaturePyramidNetwork for m in fused.modules())
+        assert fused.state_dict().keys() == model.state_dict().keys()
