@@ -11,6 +11,11 @@ TORCH_LIBRARY(fpnops, m) {
   // output cells that read it (a gather: deterministic, no atomics).
   m.def("upsample_add_backward_top(Tensor grad, SymInt top_h, SymInt top_w, float? scale_h=None, "
         "float? scale_w=None) -> Tensor");
+  // relu(conv2d(x, weight, bias, stride, padding, dilation, groups) + residual), the bias,
+  // residual add and ReLU in the convolution's epilogue; weight and bias already BN-folded.
+  // Output in x's memory format.
+  m.def("conv_bn_act(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+        "int[2] dilation, int groups, Tensor? residual, bool relu) -> Tensor");
 }
 
 // The module exists to load the registrations above; it also records how it was built so

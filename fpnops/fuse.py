@@ -1,35 +1,74 @@
 """fpnops.fuse(model): replace every pattern fpnops recognises by its fused module.
 
 A pattern is a (name, matches(module) -> bool, convert(module, backend) -> module) entry in
-PATTERNS; later issues add the ResNet blocks here. The walk is top-down: a converted module is
-not searched again.
+PATTERNS, tried in order; the walk is top-down and a converted module's children are then
+searched too (a fused stem's model still holds blocks and FPNs to fuse).
 """
 import copy
 
 import torch.nn as nn
 
+from fpnops.nn import stem
 from fpnops.nn.fpn import FusedFPN, FusedReferenceFPN, _is_torchvision_fpn
+from fpnops.nn.resnet import FusedBasicBlock, FusedBottleneck, FusedConvBNAct, is_bn
+from fpnops.reference import resnet as ref_resnet
 from fpnops.reference.fpn import FPN as ReferenceFPN
+
+
+def _torchvision(name):
+    """A torchvision class by dotted name, or None (torchvision is optional)."""
+    try:
+        import importlib
+        mod, _, attr = name.rpartition(".")
+        return getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError):
+        return None
+
+
+def _is(name):
+    def matches(m):
+        cls = _torchvision(name)
+        return cls is not None and type(m) is cls
+    return matches
+
+
+def _has_conv_bn_run(m):
+    """A plain Sequential holding Conv2d directly followed by a BatchNorm."""
+    if type(m) not in (nn.Sequential, _torchvision("torchvision.ops.misc.Conv2dNormActivation")):
+        return False
+    mods = list(m)
+    return any(isinstance(a, nn.Conv2d) and is_bn(b) for a, b in zip(mods, mods[1:]))
+
 
 PATTERNS = [
     ("torchvision FeaturePyramidNetwork", _is_torchvision_fpn,
      lambda m, backend: FusedFPN.from_module(m, backend=backend)),
     ("fpnops.reference.FPN", lambda m: type(m) is ReferenceFPN,
      lambda m, backend: FusedReferenceFPN._from_reference(m, backend)),
+    ("torchvision Bottleneck", _is("torchvision.models.resnet.Bottleneck"),
+     lambda m, backend: FusedBottleneck.from_module(m, backend=backend)),
+    ("torchvision BasicBlock", _is("torchvision.models.resnet.BasicBlock"),
+     lambda m, backend: FusedBasicBlock.from_module(m, backend=backend)),
+    ("fpnops.reference.Bottleneck", lambda m: type(m) is ref_resnet.Bottleneck,
+     lambda m, backend: FusedBottleneck.from_module(m, backend=backend)),
+    ("fpnops.reference.BasicBlock", lambda m: type(m) is ref_resnet.BasicBlock,
+     lambda m, backend: FusedBasicBlock.from_module(m, backend=backend)),
+    ("Sequential with conv -> BN (-> ReLU) runs", _has_conv_bn_run,
+     lambda m, backend: FusedConvBNAct.from_module(m, backend=backend)),
+    ("torchvision ResNet stem", _is("torchvision.models.resnet.ResNet"),
+     lambda m, backend: stem.with_fused_stem(m, stem._FusedTorchvisionResNet, backend)),
+    ("torchvision IntermediateLayerGetter stem", _is("torchvision.models._utils.IntermediateLayerGetter"),
+     lambda m, backend: stem.with_fused_stem(m, stem._FusedLayerGetter, backend)),
+    ("fpnops.reference.ResNet34 stem", lambda m: type(m) is ref_resnet.ResNet34,
+     lambda m, backend: stem.with_fused_stem(m, stem._FusedReferenceResNet34, backend)),
 ]
 
 
-def _convert(module, backend):
+def _fuse_in_place(module, backend):
     for _, matches, convert in PATTERNS:
         if matches(module):
-            return convert(module, backend)
-    return None
-
-
-def _fuse_in_place(module, backend):
-    fused = _convert(module, backend)
-    if fused is not None:
-        return fused
+            module = convert(module, backend)
+            break
     for name, child in list(module.named_children()):
         new = _fuse_in_place(child, backend)
         if new is not child:
@@ -40,11 +79,13 @@ def _fuse_in_place(module, backend):
 def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False) -> nn.Module:
     """Return `model` with every recognised pattern replaced by its fused equivalent.
 
-    Recognised now: torchvision's FeaturePyramidNetwork (-> FusedFPN) and the seeds'
-    fpnops.reference.FPN (-> FusedReferenceFPN), anywhere in the module tree (BackboneWithFPN,
-    Faster/Mask R-CNN, RetinaNet, the reference DetectionModel, ...). Everything else is left
-    as it is. Fused modules share the (copied, unless inplace) model's parameters and buffers,
-    under the same names: state_dict() keys do not change.
+    Recognised: torchvision's FeaturePyramidNetwork (-> FusedFPN) and the seeds' reference FPN
+    (-> FusedReferenceFPN); torchvision's and the reference Bottleneck and BasicBlock
+    (-> FusedBottleneck, FusedBasicBlock); Sequentials holding conv -> BN (-> ReLU) runs (a
+    ResNet50 stem, Conv2dNormActivation; -> FusedConvBNAct); the conv1 -> bn1 -> relu stems of
+    torchvision's ResNet, IntermediateLayerGetter (resnet_fpn_backbone, the detection models)
+    and the reference ResNet34. Anywhere in the module tree; everything else is left as is.
+    Parameters, buffers and their names are kept: state_dict() keys do not change.
 
     Args:
         model: any nn.Module.

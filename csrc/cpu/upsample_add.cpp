@@ -1,6 +1,6 @@
 // upsample_add on the CPU: the op (checks, output, dispatch to the best CPU capability).
-// The kernels: upsample_add_kernel.h, one pass, parallel over rows, vectorised adds.
-#include <ATen/Version.h>
+// The kernels: upsample_add_kernel.h (one pass, parallel over rows, vectorised adds), compiled
+// generic here and for AVX2 in kernels_avx2.cpp.
 #include <torch/library.h>
 
 #include <sys/mman.h>
@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "../upsample_add.h"
+#include "cpu_dispatch.h"
 
 #define CPU_CAPABILITY DEFAULT
 #include "upsample_add_kernel.h"
@@ -16,25 +17,12 @@
 namespace fpnops {
 
 #if FPNOPS_HAVE_AVX2
-namespace AVX2 {  // upsample_add_avx2.cpp (x86-64 Linux builds)
+namespace AVX2 {  // kernels_avx2.cpp
 void upsample_add_kernel(at::Tensor&, const at::Tensor&, const at::Tensor&, const NearestRule&,
                          const NearestRule&);
 void upsample_add_backward_top_kernel(at::Tensor&, const at::Tensor&, const NearestRule&,
                                       const NearestRule&);
 }  // namespace AVX2
-
-// ATen's own choice of capability ("AVX2", "AVX512", "DEFAULT", ...), read once; honours
-// ATEN_CPU_CAPABILITY=default, which the tests use to cover both copies.
-static bool cpu_has_avx2() {
-  static const bool yes = [] {
-    const std::string cap = at::get_cpu_capability();
-    return cap == "AVX2" || cap == "AVX512";
-  }();
-  return yes;
-}
-#define FPNOPS_CPU_DISPATCH(fn, ...) (cpu_has_avx2() ? AVX2::fn(__VA_ARGS__) : DEFAULT::fn(__VA_ARGS__))
-#else
-#define FPNOPS_CPU_DISPATCH(fn, ...) DEFAULT::fn(__VA_ARGS__)
 #endif
 
 namespace {

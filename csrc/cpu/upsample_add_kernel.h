@@ -20,38 +20,31 @@ using at::vec::Vectorized;
 // Elements per parallel task (ATen uses the same 32768 for its elementwise kernels).
 constexpr int64_t kGrainElements = 32768;
 
-// Two float vectors (or one opmath vector) from scalar_t or already-float data.
-template <typename scalar_t, typename src_t>
-inline auto load_opmath(const src_t* p) {
+// out[i] = a[i * sa] + b[i * sb] in opmath, rounded once: add_row for strided operands.
+template <typename scalar_t>
+void add_strided(scalar_t* out, const scalar_t* a, int64_t sa, const scalar_t* b, int64_t sb,
+                 int64_t n) {
   using opmath_t = at::opmath_type<scalar_t>;
-  if constexpr (std::is_same_v<src_t, opmath_t>) {
-    constexpr int64_t n = Vectorized<opmath_t>::size();
-    return std::make_tuple(Vectorized<opmath_t>::loadu(p), Vectorized<opmath_t>::loadu(p + n));
-  } else {
-    return at::vec::convert_to_float<scalar_t>(Vectorized<scalar_t>::loadu(p));
+  for (int64_t i = 0; i < n; ++i) {
+    out[i] = static_cast<scalar_t>(static_cast<opmath_t>(a[i * sa]) + static_cast<opmath_t>(b[i * sb]));
   }
 }
 
-// out[i] = a[i] + b[i] for contiguous rows, in opmath, rounded once. b is scalar_t or opmath.
-template <typename scalar_t, typename b_t>
-void add_row(scalar_t* out, const scalar_t* a, const b_t* b, int64_t n) {
-  using opmath_t = at::opmath_type<scalar_t>;
+// out[i] = a[i] + b[i] for contiguous rows, in opmath (float for half types), rounded once.
+template <typename scalar_t>
+void add_row(scalar_t* out, const scalar_t* a, const scalar_t* b, int64_t n) {
   using Vec = Vectorized<scalar_t>;
   int64_t i = 0;
-  if constexpr (std::is_same_v<scalar_t, opmath_t>) {
-    for (; i + Vec::size() <= n; i += Vec::size()) {
+  for (; i + Vec::size() <= n; i += Vec::size()) {
+    if constexpr (std::is_same_v<scalar_t, at::opmath_type<scalar_t>>) {
       (Vec::loadu(a + i) + Vec::loadu(b + i)).store(out + i);
-    }
-  } else {
-    for (; i + Vec::size() <= n; i += Vec::size()) {
+    } else {
       auto [a0, a1] = at::vec::convert_to_float<scalar_t>(Vec::loadu(a + i));
-      auto [b0, b1] = load_opmath<scalar_t>(b + i);
+      auto [b0, b1] = at::vec::convert_to_float<scalar_t>(Vec::loadu(b + i));
       at::vec::convert_from_float<scalar_t>(a0 + b0, a1 + b1).store(out + i);
     }
   }
-  for (; i < n; ++i) {
-    out[i] = static_cast<scalar_t>(static_cast<opmath_t>(a[i]) + static_cast<opmath_t>(b[i]));
-  }
+  add_strided(out + i, a + i, 1, b + i, 1, n - i);
 }
 
 std::vector<int64_t> source_table(const NearestRule& rule) {
@@ -60,20 +53,35 @@ std::vector<int64_t> source_table(const NearestRule& rule) {
   return t;
 }
 
+// What both forward kernels read: data pointers, input strides, and src_h / src_w per output
+// index.
+template <typename scalar_t>
+struct Operands {
+  const scalar_t* top;
+  const scalar_t* lat;
+  scalar_t* out;
+  at::IntArrayRef top_strides, lat_strides;
+  std::vector<int64_t> ih_of, iw_of;
+
+  Operands(at::Tensor& out_, const at::Tensor& top_, const at::Tensor& lat_, const NearestRule& rh,
+           const NearestRule& rw)
+      : top(top_.const_data_ptr<scalar_t>()), lat(lat_.const_data_ptr<scalar_t>()),
+        out(out_.mutable_data_ptr<scalar_t>()), top_strides(top_.strides()),
+        lat_strides(lat_.strides()), ih_of(source_table(rh)), iw_of(source_table(rw)) {}
+};
+
 // Output NCHW-contiguous: one task per output row (n, c, oh). The top row it reads is
 // upsampled once into a per-thread buffer and reused while consecutive rows share it.
 template <typename scalar_t>
 void forward_nchw(at::Tensor& out, const at::Tensor& top, const at::Tensor& lat,
                   const NearestRule& rh, const NearestRule& rw) {
-  using opmath_t = at::opmath_type<scalar_t>;
   const int64_t C = out.size(1), H = out.size(2), W = out.size(3);
-  const auto ih_of = source_table(rh);
-  const auto iw_of = source_table(rw);
-  const scalar_t* tp = top.const_data_ptr<scalar_t>();
-  const scalar_t* lp = lat.const_data_ptr<scalar_t>();
-  scalar_t* op = out.mutable_data_ptr<scalar_t>();
-  const auto ts = top.strides();
-  const auto ls = lat.strides();
+  const Operands<scalar_t> o(out, top, lat, rh, rw);
+  const scalar_t* tp = o.top;
+  const scalar_t* lp = o.lat;
+  scalar_t* op = o.out;
+  const auto &ts = o.top_strides, &ls = o.lat_strides;
+  const auto &ih_of = o.ih_of, &iw_of = o.iw_of;
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(W, 1));
   at::parallel_for(0, out.size(0) * C * H, grain, [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> up(W);
@@ -92,10 +100,7 @@ void forward_nchw(at::Tensor& out, const at::Tensor& top, const at::Tensor& lat,
       if (ls[3] == 1) {
         add_row(orow, lrow, up.data(), W);
       } else {
-        for (int64_t ow = 0; ow < W; ++ow) {
-          orow[ow] = static_cast<scalar_t>(static_cast<opmath_t>(lrow[ow * ls[3]]) +
-                                           static_cast<opmath_t>(up[ow]));
-        }
+        add_strided(orow, lrow, ls[3], up.data(), 1, W);
       }
     }
   });
@@ -105,15 +110,13 @@ void forward_nchw(at::Tensor& out, const at::Tensor& top, const at::Tensor& lat,
 template <typename scalar_t>
 void forward_nhwc(at::Tensor& out, const at::Tensor& top, const at::Tensor& lat,
                   const NearestRule& rh, const NearestRule& rw) {
-  using opmath_t = at::opmath_type<scalar_t>;
   const int64_t C = out.size(1), H = out.size(2), W = out.size(3);
-  const auto ih_of = source_table(rh);
-  const auto iw_of = source_table(rw);
-  const scalar_t* tp = top.const_data_ptr<scalar_t>();
-  const scalar_t* lp = lat.const_data_ptr<scalar_t>();
-  scalar_t* op = out.mutable_data_ptr<scalar_t>();
-  const auto ts = top.strides();
-  const auto ls = lat.strides();
+  const Operands<scalar_t> o(out, top, lat, rh, rw);
+  const scalar_t* tp = o.top;
+  const scalar_t* lp = o.lat;
+  scalar_t* op = o.out;
+  const auto &ts = o.top_strides, &ls = o.lat_strides;
+  const auto &ih_of = o.ih_of, &iw_of = o.iw_of;
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(C, 1));
   at::parallel_for(0, out.size(0) * H * W, grain, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
@@ -124,10 +127,7 @@ void forward_nhwc(at::Tensor& out, const at::Tensor& top, const at::Tensor& lat,
       if (ts[1] == 1 && ls[1] == 1) {
         add_row(ov, lv, tv, C);
       } else {
-        for (int64_t c = 0; c < C; ++c) {
-          ov[c] = static_cast<scalar_t>(static_cast<opmath_t>(lv[c * ls[1]]) +
-                                        static_cast<opmath_t>(tv[c * ts[1]]));
-        }
+        add_strided(ov, lv, ls[1], tv, ts[1], C);
       }
     }
   });

@@ -1,4 +1,5 @@
 """Drop-in fused modules."""
 from fpnops.nn.fpn import FusedFPN, FusedReferenceFPN
+from fpnops.nn.resnet import FusedBasicBlock, FusedBottleneck, FusedConvBNAct
 
-__all__ = ["FusedFPN", "FusedReferenceFPN"]
+__all__ = ["FusedBasicBlock", "FusedBottleneck", "FusedConvBNAct", "FusedFPN", "FusedReferenceFPN"]

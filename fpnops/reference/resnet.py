@@ -128,8 +128,11 @@ class ResNet34(nn.Module):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
 
+    def _stem(self, x):
+        return self.relu(self.bn1(self.conv1(x)))
+
     def features(self, x):
-        c2 = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
+        c2 = self.layer1(self.maxpool(self._stem(x)))
         c3 = self.layer2(c2)
         c4 = self.layer3(c3)
         c5 = self.layer4(c4)

@@ -1,5 +1,5 @@
-// The upsample_add CPU kernels compiled for AVX2 (+FMA, F16C), chosen at run time by
-// upsample_add.cpp when the CPU has them. Only the kernels and at::vec (whose AVX2 code lives in
+// The CPU kernels (<op>_kernel.h) compiled for AVX2 (+FMA, F16C), chosen at run time by the
+// op files (<op>.cpp, through cpu_dispatch.h) when the CPU has them. Only the kernels and at::vec (whose AVX2 code lives in
 // the at::vec::AVX2 namespace) are compiled for AVX2: every other header comes first, with the
 // default target, so no shared inline function gets AVX2 code.
 #include <ATen/Dispatch.h>
@@ -31,6 +31,7 @@
 #endif
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2
+#include "conv_bn_act_kernel.h"
 #include "upsample_add_kernel.h"
 #pragma GCC pop_options
 #endif

@@ -1,0 +1,125 @@
+// conv_bn_act on CUDA: cuDNN's fused convolution (conv + bias + ReLU, and + residual) where it
+// applies; otherwise cuDNN's convolution without bias and our epilogue kernel (bias + residual
+// + ReLU, one pass, 16-byte vectors, NCHW or NHWC).
+#include <ATen/Context.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/ops/convolution.h>
+#include <ATen/ops/cudnn_convolution_add_relu.h>
+#include <ATen/ops/cudnn_convolution_relu.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../conv_bn_act.h"
+
+namespace fpnops {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Vec {
+  T v[N];
+};
+
+// y = relu(y + bias[c] + residual), in place; y and residual dense in the same layout. V
+// consecutive elements share a channel (NCHW, HW % V == 0) or hold V consecutive channels
+// (NHWC, C % V == 0).
+template <typename scalar_t, int V, bool CHANNELS_LAST>
+__global__ void epilogue_kernel(scalar_t* __restrict__ y, const scalar_t* __restrict__ bias,
+                                const scalar_t* __restrict__ res, int64_t C, int64_t HW,
+                                bool relu, int64_t num_vecs) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < num_vecs;
+       p += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t i0 = p * V;
+    Vec<scalar_t, V> o = *reinterpret_cast<const Vec<scalar_t, V>*>(y + i0);
+    Vec<scalar_t, V> r;
+    if (res) r = *reinterpret_cast<const Vec<scalar_t, V>*>(res + i0);
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const int64_t c = CHANNELS_LAST ? (i0 + k) % C : ((i0 + k) / HW) % C;
+      opmath_t v = static_cast<opmath_t>(o.v[k]);
+      if (bias) v += static_cast<opmath_t>(bias[c]);
+      if (res) v += static_cast<opmath_t>(r.v[k]);
+      if (relu) v = v > opmath_t(0) || v != v ? v : opmath_t(0);
+      o.v[k] = static_cast<scalar_t>(v);
+    }
+    *reinterpret_cast<Vec<scalar_t, V>*>(y + i0) = o;
+  }
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+void launch_epilogue(at::Tensor& y, const std::optional<at::Tensor>& bias,
+                     const std::optional<at::Tensor>& res, bool relu) {
+  const bool cl = y.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "conv_bn_act_epilogue", [&] {
+    constexpr int V = 16 / sizeof(scalar_t);
+    const scalar_t* b = bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* r = res.has_value() ? res->const_data_ptr<scalar_t>() : nullptr;
+    const int64_t inner = cl ? y.size(1) : y.size(2) * y.size(3);
+    const bool vec = inner % V == 0 && aligned16(y.const_data_ptr()) && (!r || aligned16(r));
+    const int64_t C = y.size(1), HW = y.size(2) * y.size(3);
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    auto go = [&](auto vtag, auto cltag) {
+      constexpr int VV = decltype(vtag)::value;
+      constexpr bool CL = decltype(cltag)::value;
+      const int64_t num_vecs = y.numel() / VV;
+      const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>((num_vecs + kThreads - 1) / kThreads, 65535LL * 8));
+      epilogue_kernel<scalar_t, VV, CL><<<blocks, kThreads, 0, stream>>>(
+          y.mutable_data_ptr<scalar_t>(), b, r, C, HW, relu, num_vecs);
+    };
+    using T = std::true_type;
+    using F = std::false_type;
+    if (vec) {
+      if (cl) go(std::integral_constant<int, V>{}, T{}); else go(std::integral_constant<int, V>{}, F{});
+    } else {
+      if (cl) go(std::integral_constant<int, 1>{}, T{}); else go(std::integral_constant<int, 1>{}, F{});
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+at::Tensor conv_bn_act_cuda(const at::Tensor& x, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                            const std::optional<at::Tensor>& residual, bool relu) {
+  check_conv_bn_act(x, weight, bias, residual, groups);
+  TORCH_CHECK(x.is_cuda(), "conv_bn_act (CUDA kernel): expected CUDA tensors, got ", x.device());
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto fmt = x.suggest_memory_format();
+  std::optional<at::Tensor> res;
+  if (residual.has_value()) res = residual->contiguous(fmt);
+  const auto dtype = x.scalar_type();
+  const bool cudnn_fusable = relu && at::globalContext().userEnabledCuDNN() && x.numel() > 0 &&
+                             (dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16);
+  if (cudnn_fusable) {
+    try {
+      at::Tensor out = res.has_value()
+          ? at::cudnn_convolution_add_relu(x.contiguous(fmt), weight.contiguous(fmt), *res, 1, bias,
+                                           stride, padding, dilation, groups)
+          : at::cudnn_convolution_relu(x.contiguous(fmt), weight.contiguous(fmt), bias, stride,
+                                       padding, dilation, groups);
+      check_residual_shape(out, res);
+      return out.contiguous(fmt);
+    } catch (const c10::Error&) {
+      // cuDNN found no fused engine for this case: the unfused path below is always correct.
+    }
+  }
+  at::Tensor out = at::convolution(x, weight, std::nullopt, stride, padding, dilation, false,
+                                   {0, 0}, groups).contiguous(fmt);
+  check_residual_shape(out, res);
+  if (out.numel() > 0 && (bias.has_value() || res.has_value() || relu)) {
+    launch_epilogue(out, bias, res, relu);
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fpnops, CUDA, m) { m.impl("conv_bn_act", &conv_bn_act_cuda); }
+
+}  // namespace fpnops

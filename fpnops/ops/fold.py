@@ -1,0 +1,43 @@
+"""fpnops.fold_conv_bn: BatchNorm (inference statistics) folded into the preceding conv."""
+import torch
+import torch.nn as nn
+
+
+def _bn_tensors(bn):
+    """(gamma, beta, mean, var, eps) of an nn.BatchNorm2d or torchvision FrozenBatchNorm2d."""
+    if isinstance(bn, nn.modules.batchnorm._BatchNorm):
+        if bn.running_mean is None or bn.running_var is None:
+            raise ValueError("fold_conv_bn: bn has no running statistics (track_running_stats=False); "
+                             "it normalises with batch statistics, which cannot be folded")
+        return bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps
+    if type(bn).__name__ == "FrozenBatchNorm2d" and hasattr(bn, "running_var"):
+        return bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps
+    raise TypeError(f"fold_conv_bn: bn must be nn.BatchNorm2d or torchvision's FrozenBatchNorm2d, "
+                    f"got {type(bn).__name__}")
+
+
+def fold_conv_bn(conv, bn):
+    """(weight, bias) of one conv equal to bn(conv(x)) with bn's running statistics.
+
+    w' = w * gamma / sqrt(var + eps),  b' = (b - mean) * gamma / sqrt(var + eps) + beta,
+    with each module's own eps (torchvision's detection models use eps=0), computed in float64
+    (float32 math loses ~1e-7 relative per fold) and cast to the conv's dtype. Differentiable:
+    gradients reach the conv's weight and bias and the BN's affine parameters.
+    """
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"fold_conv_bn: conv must be nn.Conv2d, got {type(conv).__name__}")
+    gamma, beta, mean, var, eps = _bn_tensors(bn)
+    c = conv.out_channels
+    if mean.numel() != c:
+        raise ValueError(f"fold_conv_bn: bn has {mean.numel()} channels but conv has "
+                         f"{c} output channels")
+    w = conv.weight
+    acc = torch.float64
+    inv_std = torch.rsqrt(var.to(acc) + eps)
+    scale = inv_std if gamma is None else gamma.to(acc) * inv_std
+    shift = -mean.to(acc) * scale if beta is None else beta.to(acc) - mean.to(acc) * scale
+    weight = (w.to(acc) * scale.reshape(-1, 1, 1, 1)).to(w.dtype)
+    bias = shift if conv.bias is None else conv.bias.to(acc) * scale + shift
+    if w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous():
+        weight = weight.contiguous(memory_format=torch.channels_last)
+    return weight, bias.to(w.dtype)
