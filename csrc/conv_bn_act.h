@@ -5,6 +5,7 @@
 #include <c10/util/Exception.h>
 
 #include <optional>
+#include <vector>
 
 namespace fpnops {
 
@@ -34,11 +35,17 @@ inline void check_conv_bn_act(const at::Tensor& x, const at::Tensor& w,
   }
 }
 
-inline void check_residual_shape(const at::Tensor& out, const std::optional<at::Tensor>& residual) {
-  if (residual.has_value()) {
-    TORCH_CHECK(residual->sizes() == out.sizes(), "conv_bn_act: residual must have the output's shape ",
-                out.sizes(), ", got ", residual->sizes());
+// The residual must have the convolution's output shape (checked before any kernel runs).
+inline void check_residual_shape(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride,
+                                 at::IntArrayRef padding, at::IntArrayRef dilation,
+                                 const std::optional<at::Tensor>& residual) {
+  if (!residual.has_value()) return;
+  std::vector<int64_t> out{x.size(0), w.size(0), 0, 0};
+  for (int d = 0; d < 2; ++d) {
+    out[2 + d] = (x.size(2 + d) + 2 * padding[d] - dilation[d] * (w.size(2 + d) - 1) - 1) / stride[d] + 1;
   }
+  TORCH_CHECK(residual->sizes() == at::IntArrayRef(out), "conv_bn_act: residual must have the output's shape ",
+              at::IntArrayRef(out), ", got ", residual->sizes());
 }
 
 }  // namespace fpnops

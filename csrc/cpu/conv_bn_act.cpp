@@ -58,6 +58,7 @@ at::Tensor conv_bn_act_cpu(const at::Tensor& x, const at::Tensor& weight,
                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                            const std::optional<at::Tensor>& residual, bool relu) {
   check_conv_bn_act(x, weight, bias, residual, groups);
+  check_residual_shape(x, weight, stride, padding, dilation, residual);
   const auto fmt = x.suggest_memory_format();
   // Both post-op operands in the output's layout (x's), as the fused kernels expect.
   std::optional<at::Tensor> res;
@@ -66,11 +67,9 @@ at::Tensor conv_bn_act_cpu(const at::Tensor& x, const at::Tensor& weight,
   if (x.scalar_type() == at::kFloat && at::globalContext().userEnabledMkldnn() && x.numel() > 0) {
     out = onednn_conv_pointwise(x.contiguous(fmt), weight, bias, stride, padding, dilation, groups,
                                 res, relu);
-    check_residual_shape(out, res);
   } else {
     out = at::convolution(x, weight, bias, stride, padding, dilation, false, {0, 0}, groups)
               .contiguous(fmt);
-    check_residual_shape(out, res);
     if ((res.has_value() || relu) && out.numel() > 0) {
       FPNOPS_CPU_DISPATCH(conv_epilogue_kernel, out, res, relu);
     }

@@ -88,6 +88,7 @@ at::Tensor conv_bn_act_cuda(const at::Tensor& x, const at::Tensor& weight,
                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                             const std::optional<at::Tensor>& residual, bool relu) {
   check_conv_bn_act(x, weight, bias, residual, groups);
+  check_residual_shape(x, weight, stride, padding, dilation, residual);
   TORCH_CHECK(x.is_cuda(), "conv_bn_act (CUDA kernel): expected CUDA tensors, got ", x.device());
   const c10::cuda::CUDAGuard guard(x.device());
   const auto fmt = x.suggest_memory_format();
@@ -103,15 +104,13 @@ at::Tensor conv_bn_act_cuda(const at::Tensor& x, const at::Tensor& weight,
                                            stride, padding, dilation, groups)
           : at::cudnn_convolution_relu(x.contiguous(fmt), weight.contiguous(fmt), bias, stride,
                                        padding, dilation, groups);
-      check_residual_shape(out, res);
-      return out.contiguous(fmt);
+        return out.contiguous(fmt);
     } catch (const c10::Error&) {
       // cuDNN found no fused engine for this case: the unfused path below is always correct.
     }
   }
   at::Tensor out = at::convolution(x, weight, std::nullopt, stride, padding, dilation, false,
                                    {0, 0}, groups).contiguous(fmt);
-  check_residual_shape(out, res);
   if (out.numel() > 0 && (bias.has_value() || res.has_value() || relu)) {
     launch_epilogue(out, bias, res, relu);
   }

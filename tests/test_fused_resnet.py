@@ -1,0 +1,186 @@
+"""FusedConvBNAct / FusedBasicBlock / FusedBottleneck and fuse() over ResNets: the original
+names and checkpoints, equivalence against a float64 reference with randomised BatchNorm
+statistics (so folding matters), training semantics, cache refresh."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+import fpnops
+from fpnops.nn import FusedBasicBlock, FusedBottleneck, FusedConvBNAct
+from fpnops.reference import ResNet34, ResNet50
+
+
+def randomize_bn(model):
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    return model
+
+
+def rel_err(out, ref):
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def outputs(y):
+    if isinstance(y, dict):
+        return list(y.values())
+    return list(y) if isinstance(y, (tuple, list)) else [y]
+
+
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_resnet50_matches_float64_reference(dtype, layout):
+    model = randomize_bn(torchvision.models.resnet50()).eval()
+    ref_model = copy.deepcopy(model).double()
+    fused = fpnops.fuse(model).to(dtype=dtype, memory_format=layout)
+    x = torch.randn(1, 3, 75, 101)
+    with torch.no_grad():
+        ref = ref_model(x.double())
+        out = fused(x.to(dtype).contiguous(memory_format=layout))
+    err = rel_err(out, ref)
+    # float32: far under the 1e-4 the design asks; half types: under 1e-2.
+    assert err < TOL[dtype], err
+
+
+@pytest.mark.parametrize("ctor", [ResNet50, lambda: ResNet34(num_classes=None),
+                                  torchvision.models.resnet18, torchvision.models.resnet34,
+                                  torchvision.models.resnet101])
+def test_fuse_resnets_keeps_state_dict_and_matches(ctor, monkeypatch):
+    model = randomize_bn(ctor()).eval()
+    keys = list(model.state_dict().keys())
+    fused = fpnops.fuse(model)
+    assert list(fused.state_dict().keys()) == keys
+    blocks = [m for m in fused.modules() if isinstance(m, (FusedBottleneck, FusedBasicBlock))]
+    assert len(blocks) > 0
+    assert not any(type(m).__name__ in ("Bottleneck", "BasicBlock") for m in fused.modules())
+    x = torch.randn(1, 3, 67, 85)
+    calls = []
+    real = fpnops.ops.conv_bn_act
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    import fpnops.nn.resnet as fused_resnet
+    monkeypatch.setattr(fused_resnet, "conv_bn_act", counting)
+    with torch.no_grad():
+        ref = [o.double() for o in outputs(copy.deepcopy(model).double()(x.double()))]
+        out = outputs(fused(x))
+    n_convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    assert len(calls) == n_convs  # every conv (stem, blocks, downsamples) ran fused
+    for o, r in zip(out, ref):
+        assert rel_err(o, r) < 1e-5
+    # the input model is untouched
+    assert not any(isinstance(m, (FusedBottleneck, FusedBasicBlock, FusedConvBNAct)) for m in model.modules())
+
+
+def test_torchvision_checkpoint_loads_into_fused_model():
+    src = randomize_bn(torchvision.models.resnet18()).eval()
+    fused = fpnops.fuse(torchvision.models.resnet18()).eval()
+    fused.load_state_dict(src.state_dict())  # strict: same keys, same shapes
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert rel_err(fused(x), src(x)) < 1e-5
+
+
+def test_folded_cache_refreshes_when_weights_change():
+    model = fpnops.fuse(randomize_bn(torchvision.models.resnet18()).eval())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+        model.layer1[0].bn1.running_var.mul_(4.0)      # a buffer, in place
+        model.layer2[0].conv2.weight.mul_(-1.0)        # a parameter, in place
+        after = model(x)
+    assert not torch.equal(before, after)
+    plain = torchvision.models.resnet18().eval()
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert rel_err(after, plain(x)) < 1e-5
+
+
+def test_training_with_batchnorm_is_the_original_math():
+    torch.manual_seed(0)
+    model = randomize_bn(torchvision.models.resnet18()).train()
+    fused = fpnops.fuse(model)
+    x = torch.randn(4, 3, 48, 48)
+    a, b = model(x), fused(x)
+    torch.testing.assert_close(b, a, rtol=0, atol=0)
+    a.square().sum().backward()
+    b.square().sum().backward()
+    for (n, p), q in zip(fused.named_parameters(), model.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=n)
+    for (n, s), t in zip(fused.named_buffers(), model.buffers()):  # running stats updated alike
+        torch.testing.assert_close(s, t, msg=n)
+
+
+def test_frozen_bn_fine_tuning_gradients():
+    """Detection fine-tuning: FrozenBatchNorm2d, train mode, the fused path carries gradients to
+    the input and the conv weights."""
+    model = randomize_bn(torchvision.models.resnet50(norm_layer=FrozenBatchNorm2d)).train()
+    model64 = copy.deepcopy(model).double()
+    fused = fpnops.fuse(model)
+    x = torch.randn(2, 3, 64, 64, requires_grad=True)
+    x64 = x.detach().double().requires_grad_()
+    fused(x).sum().backward()
+    model64(x64).sum().backward()
+    assert rel_err(x.grad, x64.grad) < 1e-4
+    for (n, p), q in zip(fused.named_parameters(), model64.parameters()):
+        assert p.grad is not None, n
+        assert rel_err(p.grad, q.grad) < 1e-4, n
+
+
+def test_resnet_fpn_backbone_and_detection_models():
+    bb = randomize_bn(resnet_fpn_backbone(backbone_name="resnet50", weights=None, trainable_layers=3)).eval()
+    fused = fpnops.fuse(bb)
+    assert isinstance(fused.fpn, fpnops.FusedFPN)
+    assert type(fused.body).__name__ == "FusedIntermediateLayerGetter"
+    assert list(fused.state_dict().keys()) == list(bb.state_dict().keys())
+    x = torch.randn(1, 3, 99, 131)
+    with torch.no_grad():
+        ref = copy.deepcopy(bb).double()(x.double())
+        out = fused(x)
+    assert list(out.keys()) == list(ref.keys())
+    for k in ref:
+        assert rel_err(out[k], ref[k]) < 1e-5, k
+    det = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None,
+                                                               min_size=128, max_size=160).eval()
+    fdet = fpnops.fuse(det)
+    with torch.no_grad():
+        a, b = det([torch.rand(3, 120, 150)]), fdet([torch.rand(3, 120, 150)])
+    assert set(a[0].keys()) == set(b[0].keys())
+
+
+def test_from_module_errors_and_repr():
+    with pytest.raises(TypeError, match="FusedBottleneck.from_module: Linear lacks"):
+        FusedBottleneck.from_module(nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="expected an nn.Sequential"):
+        FusedConvBNAct.from_module(nn.Conv2d(2, 2, 1))
+    block = FusedBasicBlock.from_module(torchvision.models.resnet.BasicBlock(8, 8), backend="torch")
+    assert "backend='torch'" in repr(block)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        FusedBasicBlock.from_module(torchvision.models.resnet.BasicBlock(8, 8), backend="x")
+
+
+def test_unsupported_conv_falls_back_correctly():
+    """A dilated or grouped conv, a reflect-padded one: correct (fused or plain), never wrong."""
+    seq = randomize_bn(nn.Sequential(nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=4, bias=False),
+                                     nn.BatchNorm2d(8), nn.ReLU())).eval()
+    fused = FusedConvBNAct.from_module(seq)
+    x = torch.randn(1, 8, 15, 17)
+    with torch.no_grad():
+        assert rel_err(fused(x), seq(x)) < 1e-5
+    bad = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"), nn.BatchNorm2d(8)).eval()
+    with pytest.raises(ValueError, match="padding_mode 'reflect' is not supported"):
+        FusedConvBNAct.from_module(bad)(x)
