@@ -22,6 +22,15 @@ cat > /tmp/sanitize.py <<'PY'
 import torch, fpnops
 for dt in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
     for fmt in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(2, 16, 13, 19, device="cuda", dtype=dt).contiguous(memory_format=fmt)
+        w = torch.randn(24, 16, 3, 3, device="cuda", dtype=dt)
+        b = torch.randn(24, device="cuda", dtype=dt)
+        r = torch.randn(2, 24, 13, 19, device="cuda", dtype=dt).contiguous(memory_format=fmt)
+        for relu in (True, False):
+            fpnops.conv_bn_act(x, w, b, padding=1, residual=r, relu=relu)
+            fpnops.conv_bn_act(x, w[:, :, :1, :1].contiguous(), b, residual=r, relu=relu, backend="triton")
+for dt in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+    for fmt in (torch.contiguous_format, torch.channels_last):
         t = torch.randn(2, 24, 13, 19, device="cuda", dtype=dt).contiguous(memory_format=fmt)
         l = torch.randn(2, 24, 25, 37, device="cuda", dtype=dt, requires_grad=True).contiguous(memory_format=fmt)
         tt = t.detach().requires_grad_()
@@ -40,7 +49,13 @@ python3 benchmarks/bench_fpn.py --device cuda --batch 1 8 --dtypes float16 bfloa
   --layout channels_last --rounds 20 --out "$OUT/$gpu-fpn.json" > "$OUT/bench_fpn.txt" 2>&1
 echo "bench fpn rc=$?"
 
+python3 benchmarks/bench_backbone.py --device cuda --batch 8 --size 800 --dtypes float16 bfloat16 \
+  --layout channels_last --compile-mode max-autotune-no-cudagraphs --rounds 10 \
+  --out "$OUT/$gpu-backbone.json" > "$OUT/bench_backbone.txt" 2>&1
+echo "bench backbone rc=$?"
+
 echo "== tests"; tail -n 3 "$OUT/tests.log"
 echo "== sanitizer"; tail -n 3 "$OUT/sanitizer.log"
 echo "== upsample_add (N=8, C=256)"; grep -v Warning "$OUT/bench_upsample_add.txt" | tail -n 80
 echo "== FPN neck"; grep -v Warning "$OUT/bench_fpn.txt" | tail -n 40
+echo "== backbone"; grep -v Warning "$OUT/bench_backbone.txt" | tail -n 20

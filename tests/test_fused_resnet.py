@@ -184,3 +184,12 @@ def test_unsupported_conv_falls_back_correctly():
     bad = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"), nn.BatchNorm2d(8)).eval()
     with pytest.raises(ValueError, match="padding_mode 'reflect' is not supported"):
         FusedConvBNAct.from_module(bad)(x)
+
+
+def test_torch_compile_fullgraph_fused_resnet():
+    model = fpnops.fuse(randomize_bn(torchvision.models.resnet18()).eval())
+    x = torch.randn(1, 3, 64, 64)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        assert rel_err(compiled(x), model(x)) < 1e-5
