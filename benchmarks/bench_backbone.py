@@ -17,7 +17,7 @@ import torchvision
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import compare, machine, summarize, write_json  # noqa: E402
+from common import add_vs_compile, compare, machine, peak_mib, summarize, write_json  # noqa: E402
 
 import fpnops  # noqa: E402
 
@@ -85,16 +85,8 @@ def run_case(name, n, size, dtype, device, layout, rounds, compile_mode):
         for k, m in fns.items():
             stats[k]["rel_err_vs_fp64"] = errs[k]
             if device == "cuda":
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-                base = torch.cuda.memory_allocated()
-                m(x)
-                torch.cuda.synchronize()
-                stats[k]["peak_MiB"] = (torch.cuda.max_memory_allocated() - base) / 2**20
-    if "compile" in stats:
-        for s in stats.values():
-            s["vs_compile"] = stats["compile"]["median_ms"] / s["median_ms"]
-    return stats
+                stats[k]["peak_MiB"] = peak_mib(lambda m=m: m(x))
+    return add_vs_compile(stats)
 
 
 def main(argv=None):

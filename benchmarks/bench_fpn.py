@@ -16,7 +16,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import compare, machine, summarize, write_json  # noqa: E402
+from common import add_vs_compile, compare, machine, peak_mib, summarize, write_json  # noqa: E402
 
 import fpnops  # noqa: E402
 
@@ -53,18 +53,11 @@ def run_case(n, dtype, device, layout, mode, rounds, with_compile):
         ref, got = tv(x), fused(x)
     assert all(torch.equal(ref[k], got[k]) for k in ref), "FusedFPN differs from torchvision"
     fns = {name: (lambda m=m: step(m)) for name, m in models.items()}
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     stats = summarize(compare(fns, device, rounds=rounds, warmup=2), "eager")
     if device == "cuda":
-        for name, m in models.items():
-            torch.cuda.reset_peak_memory_stats()
-            step(m)
-            sync()
-            stats[name]["peak_MiB"] = torch.cuda.max_memory_allocated() / 2**20
-    if with_compile:
-        for s in stats.values():
-            s["vs_compile"] = stats["compile"]["median_ms"] / s["median_ms"]
-    return stats
+        for name, fn in fns.items():
+            stats[name]["peak_MiB"] = peak_mib(fn)
+    return add_vs_compile(stats)
 
 
 def main(argv=None):

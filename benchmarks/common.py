@@ -85,3 +85,21 @@ def summarize(samples, baseline):
 def write_json(path, payload):
     with open(path, "w") as f:
         json.dump(payload, f, indent=2)
+
+
+def add_vs_compile(stats):
+    """Each candidate's speedup over the torch.compile baseline, where there is one."""
+    if "compile" in stats:
+        for s in stats.values():
+            s["vs_compile"] = stats["compile"]["median_ms"] / s["median_ms"]
+    return stats
+
+
+def peak_mib(fn):
+    """Peak CUDA memory one call of fn allocates beyond what was allocated before, in MiB."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20

@@ -1,7 +1,8 @@
 """fpnops.fuse(model): replace every pattern fpnops recognises by its fused module.
 
-A pattern is a (name, matches(module) -> bool, convert(module, backend) -> module) entry in
-PATTERNS, tried in order; the walk is top-down and a converted module's children are then
+A pattern is a (name, folds_bn, matches(module) -> bool, convert(module, backend) -> module)
+entry in PATTERNS, tried in order; folds_bn marks the ones that fold BatchNorm (they change
+rounding, so fuse(..., fold_bn=False) skips them and stays bit-exact); the walk is top-down and a converted module's children are then
 searched too (a fused stem's model still holds blocks and FPNs to fuse).
 """
 import copy
@@ -41,42 +42,43 @@ def _has_conv_bn_run(m):
 
 
 PATTERNS = [
-    ("torchvision FeaturePyramidNetwork", _is_torchvision_fpn,
+    ("torchvision FeaturePyramidNetwork", False, _is_torchvision_fpn,
      lambda m, backend: FusedFPN.from_module(m, backend=backend)),
-    ("fpnops.reference.FPN", lambda m: type(m) is ReferenceFPN,
+    ("fpnops.reference.FPN", False, lambda m: type(m) is ReferenceFPN,
      lambda m, backend: FusedReferenceFPN._from_reference(m, backend)),
-    ("torchvision Bottleneck", _is("torchvision.models.resnet.Bottleneck"),
+    ("torchvision Bottleneck", True, _is("torchvision.models.resnet.Bottleneck"),
      lambda m, backend: FusedBottleneck.from_module(m, backend=backend)),
-    ("torchvision BasicBlock", _is("torchvision.models.resnet.BasicBlock"),
+    ("torchvision BasicBlock", True, _is("torchvision.models.resnet.BasicBlock"),
      lambda m, backend: FusedBasicBlock.from_module(m, backend=backend)),
-    ("fpnops.reference.Bottleneck", lambda m: type(m) is ref_resnet.Bottleneck,
+    ("fpnops.reference.Bottleneck", True, lambda m: type(m) is ref_resnet.Bottleneck,
      lambda m, backend: FusedBottleneck.from_module(m, backend=backend)),
-    ("fpnops.reference.BasicBlock", lambda m: type(m) is ref_resnet.BasicBlock,
+    ("fpnops.reference.BasicBlock", True, lambda m: type(m) is ref_resnet.BasicBlock,
      lambda m, backend: FusedBasicBlock.from_module(m, backend=backend)),
-    ("Sequential with conv -> BN (-> ReLU) runs", _has_conv_bn_run,
+    ("Sequential with conv -> BN (-> ReLU) runs", True, _has_conv_bn_run,
      lambda m, backend: FusedConvBNAct.from_module(m, backend=backend)),
-    ("torchvision ResNet stem", _is("torchvision.models.resnet.ResNet"),
+    ("torchvision ResNet stem", True, _is("torchvision.models.resnet.ResNet"),
      lambda m, backend: stem.with_fused_stem(m, stem._FusedTorchvisionResNet, backend)),
-    ("torchvision IntermediateLayerGetter stem", _is("torchvision.models._utils.IntermediateLayerGetter"),
+    ("torchvision IntermediateLayerGetter stem", True, _is("torchvision.models._utils.IntermediateLayerGetter"),
      lambda m, backend: stem.with_fused_stem(m, stem._FusedLayerGetter, backend)),
-    ("fpnops.reference.ResNet34 stem", lambda m: type(m) is ref_resnet.ResNet34,
+    ("fpnops.reference.ResNet34 stem", True, lambda m: type(m) is ref_resnet.ResNet34,
      lambda m, backend: stem.with_fused_stem(m, stem._FusedReferenceResNet34, backend)),
 ]
 
 
-def _fuse_in_place(module, backend):
-    for _, matches, convert in PATTERNS:
-        if matches(module):
+def _fuse_in_place(module, backend, fold_bn):
+    for _, folds_bn, matches, convert in PATTERNS:
+        if (fold_bn or not folds_bn) and matches(module):
             module = convert(module, backend)
             break
     for name, child in list(module.named_children()):
-        new = _fuse_in_place(child, backend)
+        new = _fuse_in_place(child, backend, fold_bn)
         if new is not child:
             setattr(module, name, new)
     return module
 
 
-def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False) -> nn.Module:
+def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False,
+         fold_bn: bool = True) -> nn.Module:
     """Return `model` with every recognised pattern replaced by its fused equivalent.
 
     Recognised: torchvision's FeaturePyramidNetwork (-> FusedFPN) and the seeds' reference FPN
@@ -91,9 +93,12 @@ def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False) -> n
         model: any nn.Module.
         backend: the fpnops backend the fused modules use ("auto", "native", "triton", "torch").
         inplace: modify `model` itself; by default a deep copy is fused and `model` is untouched.
+        fold_bn: also fuse conv-BatchNorm(-ReLU) (ResNet blocks and stems). Folding changes
+            rounding (a float32 ResNet50 moves ~1e-6 relative); fold_bn=False fuses only the FPN
+            top-down steps, whose outputs are bit-identical to the original model's.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fuse: model must be an nn.Module, got {type(model).__name__}")
     if not inplace:
         model = copy.deepcopy(model)
-    return _fuse_in_place(model, backend)
+    return _fuse_in_place(model, backend, fold_bn)

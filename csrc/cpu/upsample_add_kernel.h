@@ -57,17 +57,17 @@ std::vector<int64_t> source_table(const NearestRule& rule) {
 // index.
 template <typename scalar_t>
 struct Operands {
-  const scalar_t* top;
-  const scalar_t* lat;
-  scalar_t* out;
-  at::IntArrayRef top_strides, lat_strides;
+  const scalar_t* tp;
+  const scalar_t* lp;
+  scalar_t* op;
+  at::IntArrayRef ts, ls;  // top's and lateral's strides
   std::vector<int64_t> ih_of, iw_of;
 
-  Operands(at::Tensor& out_, const at::Tensor& top_, const at::Tensor& lat_, const NearestRule& rh,
+  Operands(at::Tensor& out, const at::Tensor& top, const at::Tensor& lat, const NearestRule& rh,
            const NearestRule& rw)
-      : top(top_.const_data_ptr<scalar_t>()), lat(lat_.const_data_ptr<scalar_t>()),
-        out(out_.mutable_data_ptr<scalar_t>()), top_strides(top_.strides()),
-        lat_strides(lat_.strides()), ih_of(source_table(rh)), iw_of(source_table(rw)) {}
+      : tp(top.const_data_ptr<scalar_t>()), lp(lat.const_data_ptr<scalar_t>()),
+        op(out.mutable_data_ptr<scalar_t>()), ts(top.strides()), ls(lat.strides()),
+        ih_of(source_table(rh)), iw_of(source_table(rw)) {}
 };
 
 // Output NCHW-contiguous: one task per output row (n, c, oh). The top row it reads is
@@ -77,26 +77,22 @@ void forward_nchw(at::Tensor& out, const at::Tensor& top, const at::Tensor& lat,
                   const NearestRule& rh, const NearestRule& rw) {
   const int64_t C = out.size(1), H = out.size(2), W = out.size(3);
   const Operands<scalar_t> o(out, top, lat, rh, rw);
-  const scalar_t* tp = o.top;
-  const scalar_t* lp = o.lat;
-  scalar_t* op = o.out;
-  const auto &ts = o.top_strides, &ls = o.lat_strides;
-  const auto &ih_of = o.ih_of, &iw_of = o.iw_of;
+  const auto &ts = o.ts, &ls = o.ls;
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(W, 1));
   at::parallel_for(0, out.size(0) * C * H, grain, [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> up(W);
     int64_t cached = -1;  // (n * C + c) * top_h + ih of the row now in `up`
     for (int64_t r = begin; r < end; ++r) {
       const int64_t oh = r % H, nc = r / H, c = nc % C, n = nc / C;
-      const int64_t ih = ih_of[oh];
+      const int64_t ih = o.ih_of[oh];
       const int64_t key = nc * rh.in_size + ih;
       if (key != cached) {
-        const scalar_t* trow = tp + n * ts[0] + c * ts[1] + ih * ts[2];
-        for (int64_t ow = 0; ow < W; ++ow) up[ow] = trow[iw_of[ow] * ts[3]];
+        const scalar_t* trow = o.tp + n * ts[0] + c * ts[1] + ih * ts[2];
+        for (int64_t ow = 0; ow < W; ++ow) up[ow] = trow[o.iw_of[ow] * ts[3]];
         cached = key;
       }
-      const scalar_t* lrow = lp + n * ls[0] + c * ls[1] + oh * ls[2];
-      scalar_t* orow = op + r * W;
+      const scalar_t* lrow = o.lp + n * ls[0] + c * ls[1] + oh * ls[2];
+      scalar_t* orow = o.op + r * W;
       if (ls[3] == 1) {
         add_row(orow, lrow, up.data(), W);
       } else {
@@ -112,18 +108,14 @@ void forward_nhwc(at::Tensor& out, const at::Tensor& top, const at::Tensor& lat,
                   const NearestRule& rh, const NearestRule& rw) {
   const int64_t C = out.size(1), H = out.size(2), W = out.size(3);
   const Operands<scalar_t> o(out, top, lat, rh, rw);
-  const scalar_t* tp = o.top;
-  const scalar_t* lp = o.lat;
-  scalar_t* op = o.out;
-  const auto &ts = o.top_strides, &ls = o.lat_strides;
-  const auto &ih_of = o.ih_of, &iw_of = o.iw_of;
+  const auto &ts = o.ts, &ls = o.ls;
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(C, 1));
   at::parallel_for(0, out.size(0) * H * W, grain, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t ow = p % W, oh = (p / W) % H, n = p / (W * H);
-      const scalar_t* tv = tp + n * ts[0] + ih_of[oh] * ts[2] + iw_of[ow] * ts[3];
-      const scalar_t* lv = lp + n * ls[0] + oh * ls[2] + ow * ls[3];
-      scalar_t* ov = op + p * C;
+      const scalar_t* tv = o.tp + n * ts[0] + o.ih_of[oh] * ts[2] + o.iw_of[ow] * ts[3];
+      const scalar_t* lv = o.lp + n * ls[0] + oh * ls[2] + ow * ls[3];
+      scalar_t* ov = o.op + p * C;
       if (ts[1] == 1 && ls[1] == 1) {
         add_row(ov, lv, tv, C);
       } else {

@@ -13,16 +13,10 @@
 #include <torch/library.h>
 
 #include "../conv_bn_act.h"
+#include "vector_access.cuh"
 
 namespace fpnops {
 namespace {
-
-constexpr int kThreads = 256;
-
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Vec {
-  T v[N];
-};
 
 // y = relu(y + bias[c] + residual), in place; y and residual dense in the same layout. V
 // consecutive elements share a channel (NCHW, HW % V == 0) or hold V consecutive channels
@@ -35,9 +29,9 @@ __global__ void epilogue_kernel(scalar_t* __restrict__ y, const scalar_t* __rest
   for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < num_vecs;
        p += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i0 = p * V;
-    Vec<scalar_t, V> o = *reinterpret_cast<const Vec<scalar_t, V>*>(y + i0);
-    Vec<scalar_t, V> r;
-    if (res) r = *reinterpret_cast<const Vec<scalar_t, V>*>(res + i0);
+    Pack<scalar_t, V> o = *reinterpret_cast<const Pack<scalar_t, V>*>(y + i0);
+    Pack<scalar_t, V> r;
+    if (res) r = *reinterpret_cast<const Pack<scalar_t, V>*>(res + i0);
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       const int64_t c = CHANNELS_LAST ? (i0 + k) % C : ((i0 + k) / HW) % C;
@@ -47,11 +41,9 @@ __global__ void epilogue_kernel(scalar_t* __restrict__ y, const scalar_t* __rest
       if (relu) v = v > opmath_t(0) || v != v ? v : opmath_t(0);
       o.v[k] = static_cast<scalar_t>(v);
     }
-    *reinterpret_cast<Vec<scalar_t, V>*>(y + i0) = o;
+    *reinterpret_cast<Pack<scalar_t, V>*>(y + i0) = o;
   }
 }
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 void launch_epilogue(at::Tensor& y, const std::optional<at::Tensor>& bias,
                      const std::optional<at::Tensor>& res, bool relu) {
@@ -68,8 +60,7 @@ void launch_epilogue(at::Tensor& y, const std::optional<at::Tensor>& bias,
       constexpr int VV = decltype(vtag)::value;
       constexpr bool CL = decltype(cltag)::value;
       const int64_t num_vecs = y.numel() / VV;
-      const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>((num_vecs + kThreads - 1) / kThreads, 65535LL * 8));
-      epilogue_kernel<scalar_t, VV, CL><<<blocks, kThreads, 0, stream>>>(
+      epilogue_kernel<scalar_t, VV, CL><<<num_blocks(num_vecs), kThreads, 0, stream>>>(
           y.mutable_data_ptr<scalar_t>(), b, r, C, HW, relu, num_vecs);
     };
     using T = std::true_type;

@@ -9,16 +9,10 @@
 
 #include "../nearest_index.h"
 #include "../upsample_add.h"
+#include "vector_access.cuh"
 
 namespace fpnops {
 namespace {
-
-constexpr int kThreads = 256;
-
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Pack {
-  T v[N];
-};
 
 struct Strides4 {
   int64_t n, c, h, w;
@@ -26,11 +20,6 @@ struct Strides4 {
 
 Strides4 strides_of(const at::Tensor& t) {
   return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
-}
-
-int64_t num_blocks(int64_t work) {
-  // Grid-stride loops; a few waves of blocks is plenty for a memory-bound kernel.
-  return std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, 65535LL * 8));
 }
 
 // Each thread handles V consecutive elements along the output's innermost dimension (W for
@@ -82,8 +71,6 @@ __global__ void upsample_add_kernel(scalar_t* __restrict__ out, const scalar_t* 
     *reinterpret_cast<Pack<scalar_t, V>*>(out + p * V) = o;
   }
 }
-
-bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 template <typename scalar_t, bool CHANNELS_LAST>
 void launch_forward(at::Tensor& out, const at::Tensor& top, const at::Tensor& lat,
