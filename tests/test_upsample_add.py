@@ -85,6 +85,17 @@ def test_wide_channels_vector_paths():
             check_exact(fpnops.upsample_add(top, lat), upsample_add_reference(top, lat))
 
 
+def test_tall_narrow_maps_span_several_tiles():
+    """The CPU kernel works in tiles of whole rows (~4096 elements): planes of several tiles,
+    tile edges inside runs of repeated top rows."""
+    for dtype in (torch.float32, torch.bfloat16):
+        for layout in LAYOUTS:
+            top = make((2, 3, 700, 2), dtype, "cpu", "contiguous")
+            lat = make((2, 3, 1501, 3), dtype, "cpu", layout)
+            check_exact(fpnops.upsample_add(top, lat), upsample_add_reference(top, lat),
+                        layout != "strided")
+
+
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("top_shape,lat_shape", [
     ((0, 4, 5, 6), (0, 4, 10, 12)), ((2, 0, 5, 6), (2, 0, 10, 12)), ((2, 4, 5, 6), (2, 4, 0, 12)),

@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "../nearest_index.h"
@@ -70,33 +71,45 @@ struct Operands {
         ih_of(source_table(rh)), iw_of(source_table(rw)) {}
 };
 
-// Output NCHW-contiguous: one task per output row (n, c, oh). The top row it reads is
-// upsampled once into a per-thread buffer and reused while consecutive rows share it.
+// Output NCHW-contiguous. Work comes in tiles of whole rows of one (n, c) plane, up to ~4096
+// elements: the upsampled top tile is built in a per-thread buffer (a top row gathered once,
+// then copied for each further output row that reads it) and added to the lateral tile in one
+// vectorised pass when the lateral's rows are contiguous, so short rows (P5's 25) do not pay
+// per-row overhead.
 template <typename scalar_t>
 void forward_nchw(at::Tensor& out, const at::Tensor& top, const at::Tensor& lat,
                   const NearestRule& rh, const NearestRule& rw) {
   const int64_t C = out.size(1), H = out.size(2), W = out.size(3);
   const Operands<scalar_t> o(out, top, lat, rh, rw);
   const auto &ts = o.ts, &ls = o.ls;
-  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(W, 1));
-  at::parallel_for(0, out.size(0) * C * H, grain, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> up(W);
-    int64_t cached = -1;  // (n * C + c) * top_h + ih of the row now in `up`
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t oh = r % H, nc = r / H, c = nc % C, n = nc / C;
-      const int64_t ih = o.ih_of[oh];
-      const int64_t key = nc * rh.in_size + ih;
-      if (key != cached) {
-        const scalar_t* trow = o.tp + n * ts[0] + c * ts[1] + ih * ts[2];
-        for (int64_t ow = 0; ow < W; ++ow) up[ow] = trow[o.iw_of[ow] * ts[3]];
-        cached = key;
+  const int64_t rows_per_tile = std::max<int64_t>(1, 4096 / std::max<int64_t>(W, 1));
+  const int64_t tiles_per_plane = (H + rows_per_tile - 1) / rows_per_tile;
+  const bool lat_rows_contiguous = ls[3] == 1 && (H == 1 || ls[2] == W);
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / (rows_per_tile * std::max<int64_t>(W, 1)));
+  at::parallel_for(0, out.size(0) * C * tiles_per_plane, grain, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> up(rows_per_tile * W);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t nc = t / tiles_per_plane, n = nc / C, c = nc % C;
+      const int64_t oh0 = (t % tiles_per_plane) * rows_per_tile;
+      const int64_t oh1 = std::min(H, oh0 + rows_per_tile);
+      const scalar_t* tplane = o.tp + n * ts[0] + c * ts[1];
+      for (int64_t oh = oh0; oh < oh1; ++oh) {
+        scalar_t* urow = up.data() + (oh - oh0) * W;
+        if (oh > oh0 && o.ih_of[oh] == o.ih_of[oh - 1]) {
+          std::copy(urow - W, urow, urow);
+        } else {
+          const scalar_t* trow = tplane + o.ih_of[oh] * ts[2];
+          for (int64_t ow = 0; ow < W; ++ow) urow[ow] = trow[o.iw_of[ow] * ts[3]];
+        }
       }
-      const scalar_t* lrow = o.lp + n * ls[0] + c * ls[1] + oh * ls[2];
-      scalar_t* orow = o.op + r * W;
-      if (ls[3] == 1) {
-        add_row(orow, lrow, up.data(), W);
+      const scalar_t* lrow0 = o.lp + n * ls[0] + c * ls[1] + oh0 * ls[2];
+      scalar_t* orow0 = o.op + (nc * H + oh0) * W;
+      if (lat_rows_contiguous) {
+        add_row(orow0, lrow0, up.data(), (oh1 - oh0) * W);
       } else {
-        add_strided(orow, lrow, ls[3], up.data(), 1, W);
+        for (int64_t k = 0; k < oh1 - oh0; ++k) {
+          add_strided(orow0 + k * W, lrow0 + k * ls[2], ls[3], up.data() + k * W, 1, W);
+        }
       }
     }
   });
