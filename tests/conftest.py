@@ -10,6 +10,11 @@ if not torch.cuda.is_available():
 
 import fpnops  # noqa: E402,F401
 
+# float32 convolutions (eager's and cuDNN's fused ones) run in TF32 on Ampere+ GPUs by
+# default, ~1e-3 relative; the tests compare against float64 at float32 precision.
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
+
 CUDA_SKIP = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible)")
 
 

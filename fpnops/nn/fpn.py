@@ -91,13 +91,10 @@ class FusedFPN(nn.Module):
             m = _copy.deepcopy(m)
         if isinstance(m, ReferenceFPN):
             return FusedReferenceFPN._from_reference(m, backend)
-        if isinstance(m, cls):
-            fused = cls._from_parts(m.inner_blocks, m.layer_blocks, m.extra_blocks, backend)
-        elif _is_torchvision_fpn(m):
-            fused = cls._from_parts(m.inner_blocks, m.layer_blocks, m.extra_blocks, backend)
-        else:
+        if not (isinstance(m, cls) or _is_torchvision_fpn(m)):
             raise TypeError(f"FusedFPN.from_module: expected torchvision.ops.FeaturePyramidNetwork "
                             f"or fpnops.reference.FPN, got {type(m).__name__}")
+        fused = cls._from_parts(m.inner_blocks, m.layer_blocks, m.extra_blocks, backend)
         return fused.train(m.training)
 
     @classmethod
