@@ -211,10 +211,12 @@ def test_torch_compile_fullgraph(device):
     assert torch.equal(out, ref)
 
 
-def test_int64_indexing_past_2_pow_31():
+@pytest.mark.parametrize("device", devices())
+def test_int64_indexing_past_2_pow_31(device):
     """A lateral of more than 2**31 elements (4.3 GB in float16): the last rows must be right."""
     def grid(n):  # distinct rows and columns, built by one broadcast add (fast)
-        col, row = torch.rand(n, 1, dtype=torch.float16), torch.rand(1, n, dtype=torch.float16)
+        col = torch.rand(n, 1, dtype=torch.float16, device=device)
+        row = torch.rand(1, n, dtype=torch.float16, device=device)
         return (col + row + 1)[None, None]
 
     top, lat = grid(23171), grid(46342)

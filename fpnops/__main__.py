@@ -1,0 +1,54 @@
+"""python -m fpnops info: what this install is and what it would run here."""
+import argparse
+import os
+import sys
+
+import torch
+
+import fpnops
+from fpnops import _backend
+from fpnops._extension import _C
+
+OPS = ("upsample_add", "conv_bn_act")
+
+
+def info_lines():
+    b = fpnops.backends()
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "not installed"
+    lines = [
+        f"fpnops {fpnops.__version__} ({os.path.dirname(fpnops.__file__)})",
+        f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'}); _C built against torch {_C.torch_version}",
+        f"triton {triton_version}; TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '0')}",
+        f"compiled kernels: CPU (ATen CPU capability here: {torch.backends.cpu.get_cpu_capability()}); "
+        f"CUDA: {'archs ' + b['cuda_archs'] if b['cuda'] else 'not built'}",
+    ]
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            cap = ".".join(map(str, torch.cuda.get_device_capability(i)))
+            lines.append(f"cuda:{i}: {torch.cuda.get_device_name(i)} (sm {cap})")
+            devices.append(torch.device("cuda", i))
+    else:
+        lines.append("no CUDA device visible")
+    for op in OPS:
+        picks = ", ".join(f"{d.type}: {_backend.resolve(op, 'auto', d)}" for d in devices)
+        lines.append(f"{op}: backend='auto' runs {picks}")
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m fpnops", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="versions, compiled backends, devices, and what backend='auto' picks")
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        print("\n".join(info_lines()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
