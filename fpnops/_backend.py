@@ -38,10 +38,16 @@ def native_runs_on(device_type):
     return device_type == "cpu" or (device_type == "cuda" and WITH_CUDA)
 
 
+def check(who, backend):
+    """`backend` if it names a backend, else a ValueError naming `who` and what came."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"{who}: backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
 def resolve(op, backend, device):
     """The concrete backend ("native", "triton" or "torch") for `op` on `device`."""
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
+    check(op, backend)
     kind = device.type
     if backend == "auto":
         if native_runs_on(kind):

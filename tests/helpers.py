@@ -1,18 +1,16 @@
 """Shared test helpers: inputs in every layout, and the backends to try per device."""
 import torch
 
-import fpnops
+from fpnops import _backend
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 LAYOUTS = ["contiguous", "channels_last", "strided"]
 
 
 def backends_for(device):
-    b = fpnops.backends()
-    out = ["torch", "native"] if device == "cpu" or b["cuda"] else ["torch"]
-    if b["triton"] and (device == "cuda" or b["triton_interpret"]):
-        out.append("triton")
-    return out
+    """The backends this install can run on `device` ("torch" always)."""
+    return ["torch"] + [name for name, runs in (("native", _backend.native_runs_on),
+                                                 ("triton", _backend.triton_runs_on)) if runs(device)]
 
 
 def make(shape, dtype, device, layout, requires_grad=False):

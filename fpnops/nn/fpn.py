@@ -6,7 +6,7 @@ torchvision.ops.FeaturePyramidNetwork, so checkpoints load unchanged and outputs
 for bit (upsample_add is bit-identical to eager's interpolate + add).
 """
 from collections import OrderedDict
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -30,12 +30,6 @@ def _conv_norm(in_channels, out_channels, kernel_size, norm_layer):
     if norm_layer is not None:
         layers.append(norm_layer(out_channels))
     return nn.Sequential(*layers)
-
-
-def _check_backend(backend):
-    if backend not in _backend.BACKENDS:
-        raise ValueError(f"FusedFPN: backend must be one of {_backend.BACKENDS}, got {backend!r}")
-    return backend
 
 
 class FusedFPN(nn.Module):
@@ -76,7 +70,7 @@ class FusedFPN(nn.Module):
             raise TypeError(f"FusedFPN: extra_blocks should be an ExtraFPNBlock (nn.Module), got "
                             f"{type(extra_blocks).__name__}")
         self.extra_blocks = extra_blocks
-        self.backend = _check_backend(backend)
+        self.backend = _backend.check("FusedFPN", backend)
 
     @classmethod
     def from_module(cls, m: nn.Module, *, backend: str = "auto", copy: bool = False) -> nn.Module:
@@ -103,7 +97,7 @@ class FusedFPN(nn.Module):
         nn.Module.__init__(fused)
         fused.inner_blocks, fused.layer_blocks = inner_blocks, layer_blocks
         fused.extra_blocks = extra_blocks
-        fused.backend = _check_backend(backend)
+        fused.backend = _backend.check("FusedFPN", backend)
         return fused
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
@@ -159,7 +153,7 @@ class FusedReferenceFPN(ReferenceFPN):
 
     def __init__(self, *args, backend: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
-        self.backend = _check_backend(backend)
+        self.backend = _backend.check("FusedFPN", backend)
 
     @classmethod
     def _from_reference(cls, m, backend):
@@ -168,7 +162,7 @@ class FusedReferenceFPN(ReferenceFPN):
         fused.variant = m.variant
         for name, child in m.named_children():
             setattr(fused, name, child)
-        fused.backend = _check_backend(backend)
+        fused.backend = _backend.check("FusedFPN", backend)
         return fused.train(m.training)
 
     def _up_add(self, top, lateral):

@@ -30,12 +30,6 @@ def uses_batch_stats(bn):
     return isinstance(bn, _BN) and (bn.training or bn.running_mean is None)
 
 
-def _check_backend(backend, who):
-    if backend not in _backend.BACKENDS:
-        raise ValueError(f"{who}: backend must be one of {_backend.BACKENDS}, got {backend!r}")
-    return backend
-
-
 class _FoldedWeights:
     """Folds (conv, bn) pairs; caches the result while the source tensors are unchanged."""
 
@@ -96,7 +90,7 @@ class FusedConvBNAct(nn.Sequential):
 
     def __init__(self, *modules, backend="auto"):
         super().__init__(*modules)
-        self.backend = _check_backend(backend, "FusedConvBNAct")
+        self.backend = _backend.check("FusedConvBNAct", backend)
         self._folded = _FoldedWeights()
 
     @classmethod
@@ -137,7 +131,7 @@ class _FusedBlock(nn.Module):
         if getattr(fused, "downsample", None) is None:
             fused.downsample = None
         fused.stride = getattr(m, "stride", fused.conv1.stride[0])
-        fused.backend = _check_backend(backend, cls.__name__)
+        fused.backend = _backend.check(cls.__name__, backend)
         fused._folded = _FoldedWeights()
         return fused.train(m.training)
 
@@ -156,10 +150,9 @@ class _FusedBlock(nn.Module):
         ds = self.downsample
         if ds is None:
             return x
-        if (isinstance(ds, nn.Sequential) and len(ds) == 2 and isinstance(ds[0], nn.Conv2d)
-                and is_bn(ds[1])):
-            w, b = self._folded.get("downsample", ds[0], ds[1])
-            return conv_bn_act(x, w, b, **_conv_args(ds[0]), relu=False, backend=self.backend)
+        if isinstance(ds, nn.Sequential):  # conv -> BN: folded like any other run
+            named = ((f"downsample.{n}", m) for n, m in ds.named_children())
+            return run_folding(named, x, self._folded, self.backend)
         return ds(x)
 
     def extra_repr(self):
