@@ -15,7 +15,7 @@ if ! python3 -m pip install --no-build-isolation --no-deps . > "$OUT/build.log" 
 fi
 (cd /tmp && python3 -c "import fpnops; print(fpnops.backends())") | tee "$OUT/backends.txt"
 
-python3 -m pytest -q tests -p no:cacheprovider > "$OUT/tests.log" 2>&1
+python3 -P -m pytest -q tests -p no:cacheprovider > "$OUT/tests.log" 2>&1
 echo "tests rc=$?"
 
 cat > /tmp/sanitize.py <<'PY'
@@ -41,21 +41,17 @@ PY
 timeout 300 compute-sanitizer --tool memcheck python3 /tmp/sanitize.py > "$OUT/sanitizer.log" 2>&1
 echo "compute-sanitizer rc=$? (see sanitizer.log; it may refuse the device under gVisor)"
 
-python3 benchmarks/bench_upsample_add.py --device cuda --batch 8 --dtypes float16 bfloat16 float32 \
-  --out "$OUT/$gpu-upsample_add.json" > "$OUT/bench_upsample_add.txt" 2>&1
-echo "bench rc=$?"
-
-python3 benchmarks/bench_fpn.py --device cuda --batch 1 8 --dtypes float16 bfloat16 float32 \
-  --layout channels_last --rounds 20 --out "$OUT/$gpu-fpn.json" > "$OUT/bench_fpn.txt" 2>&1
-echo "bench fpn rc=$?"
-
-python3 benchmarks/bench_backbone.py --device cuda --batch 8 --size 800 --dtypes float16 bfloat16 \
-  --layout channels_last --compile-mode max-autotune-no-cudagraphs --rounds 10 \
-  --out "$OUT/$gpu-backbone.json" > "$OUT/bench_backbone.txt" 2>&1
+# The suites of `python -m fpnops bench`: ops + FPN neck at N=8 800x800 channels_last in the three
+# dtypes; backbones against torch.compile max-autotune (freezing) in fp16/bf16.
+python3 -P -m fpnops bench --device cuda --suite ops fpn --dtype float16 bfloat16 float32 \
+  --out "$OUT/$gpu.json" --plot "$OUT/$gpu.png" > "$OUT/bench.txt" 2>&1
+echo "bench ops+fpn rc=$?"
+python3 -P -m fpnops bench --device cuda --suite backbone --dtype float16 bfloat16 --rounds 10 \
+  --compile-mode max-autotune-no-cudagraphs \
+  --out "$OUT/$gpu-backbone.json" --plot "$OUT/$gpu-backbone.png" > "$OUT/bench_backbone.txt" 2>&1
 echo "bench backbone rc=$?"
 
 echo "== tests"; tail -n 3 "$OUT/tests.log"
 echo "== sanitizer"; tail -n 3 "$OUT/sanitizer.log"
-echo "== upsample_add (N=8, C=256)"; grep -v Warning "$OUT/bench_upsample_add.txt" | tail -n 80
-echo "== FPN neck"; grep -v Warning "$OUT/bench_fpn.txt" | tail -n 40
-echo "== backbone"; grep -v Warning "$OUT/bench_backbone.txt" | tail -n 20
+echo "== ops + FPN neck"; grep -v Warning "$OUT/bench.txt" | tail -n 80
+echo "== backbones"; grep -v Warning "$OUT/bench_backbone.txt" | tail -n 20

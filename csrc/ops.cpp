@@ -16,6 +16,11 @@ TORCH_LIBRARY(fpnops, m) {
   // Output in x's memory format.
   m.def("conv_bn_act(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
         "int[2] dilation, int groups, Tensor? residual, bool relu) -> Tensor");
+  // CPU inference only: conv_bn_act in channels_last with a weight oneDNN has already reordered
+  // for this input shape (mkldnn::_reorder_convolution_weight; an opaque mkldnn tensor), as
+  // Inductor's freezing does. The fused modules cache such weights; no autograd, no fake kernel.
+  m.def("conv_bn_act_cpu_prepacked(Tensor x, Tensor packed_weight, Tensor? bias, int[2] stride, "
+        "int[2] padding, int[2] dilation, int groups, Tensor? residual, bool relu) -> Tensor");
 }
 
 // The module exists to load the registrations above; it also records how it was built so

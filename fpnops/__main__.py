@@ -1,4 +1,6 @@
-"""python -m fpnops info: what this install is and what it would run here."""
+"""python -m fpnops: info (what this install is and would run here), bench (fpnops side by side
+with eager PyTorch and torch.compile), demo (the seed's ResNet50-FPN pictures, reference vs
+fused, on a real image)."""
 import argparse
 import os
 import sys
@@ -6,7 +8,7 @@ import sys
 import torch
 
 import fpnops
-from fpnops import _backend
+from fpnops import _backend, bench, demo
 from fpnops._extension import _C
 
 OPS = ("upsample_add", "conv_bn_act")
@@ -44,10 +46,20 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fpnops", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, compiled backends, devices, and what backend='auto' picks")
+    commands = {"bench": bench, "demo": demo}
+    subparsers = {}
+    for name, module in commands.items():
+        subparsers[name] = sub.add_parser(name, help=module.__doc__.splitlines()[0].split(": ", 1)[1],
+                                          description=module.__doc__,
+                                          formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(subparsers[name])
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     if args.command == "info":
         print("\n".join(info_lines()))
-    return 0
+        return 0
+    return commands[args.command].run(args, subparsers[args.command])
 
 
 if __name__ == "__main__":

@@ -26,3 +26,19 @@ def make(shape, dtype, device, layout, requires_grad=False):
         if layout == "channels_last":
             t = t.contiguous(memory_format=torch.channels_last)
     return t.requires_grad_(requires_grad)
+
+
+def run_cli(*args, cwd, pythonpath=()):
+    """`python -m fpnops *args` in a fresh interpreter, running the fpnops these tests import
+    (a source checkout may sit next to an older installed copy); `pythonpath` entries first."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    import fpnops
+    root = str(pathlib.Path(fpnops.__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), root, env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-m", "fpnops", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env)

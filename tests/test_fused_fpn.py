@@ -241,11 +241,16 @@ def test_fasterrcnn_same_boxes_after_fuse():
     assert a["boxes"].shape[0] > 0
     for k in ("boxes", "scores", "labels"):
         assert torch.equal(a[k], b[k]), k
-    # With the backbone's conv-BN folded too, rounding moves: the boxes agree closely.
+    # With the backbone's conv-BN folded too, rounding moves: the same detections, scores and
+    # boxes agree closely (near-tied scores may swap places in the ranking).
     with torch.no_grad():
         c = fpnops.fuse(model)(img)[0]
-    assert c["boxes"].shape == a["boxes"].shape and torch.equal(c["labels"], a["labels"])
-    torch.testing.assert_close(c["boxes"], a["boxes"], atol=1e-2, rtol=1e-4)
+    assert c["boxes"].shape == a["boxes"].shape
+    torch.testing.assert_close(c["scores"], a["scores"], atol=1e-4, rtol=0)
+    for box, label, score in zip(c["boxes"], c["labels"], c["scores"]):
+        same = (a["labels"] == label) & ((a["scores"] - score).abs() < 1e-4) & \
+               ((a["boxes"] - box).abs().amax(dim=1) < 0.05)  # px
+        assert same.any(), (box, label, score)
 
 
 def test_retinanet_and_maskrcnn_fuse():

@@ -11,6 +11,7 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 import fpnops
+import fpnops.nn.resnet as fused_resnet
 from fpnops.nn import FusedBasicBlock, FusedBottleneck, FusedConvBNAct
 from fpnops.reference import ResNet34, ResNet50
 
@@ -67,14 +68,13 @@ def test_fuse_resnets_keeps_state_dict_and_matches(ctor, monkeypatch):
     assert not any(type(m).__name__ in ("Bottleneck", "BasicBlock") for m in fused.modules())
     x = torch.randn(1, 3, 67, 85)
     calls = []
-    real = fpnops.ops.conv_bn_act
+    real = fused_resnet._FoldedWeights.conv_bn_act
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    import fpnops.nn.resnet as fused_resnet
-    monkeypatch.setattr(fused_resnet, "conv_bn_act", counting)
+    monkeypatch.setattr(fused_resnet._FoldedWeights, "conv_bn_act", counting)
     with torch.no_grad():
         ref = [o.double() for o in outputs(copy.deepcopy(model).double()(x.double()))]
         out = outputs(fused(x))
@@ -108,6 +108,45 @@ def test_folded_cache_refreshes_when_weights_change():
     plain.load_state_dict(model.state_dict())
     with torch.no_grad():
         assert rel_err(after, plain(x)) < 1e-5
+
+
+def test_cpu_inference_prepacked_channels_last(monkeypatch):
+    """CPU float32 inference runs every conv on oneDNN-prepacked weights in channels_last; new
+    input shapes repack (the cache per conv is bounded), and results stay right."""
+    model = randomize_bn(torchvision.models.resnet18()).eval()
+    body = torchvision.models._utils.IntermediateLayerGetter(model, {"layer2": "c3", "layer4": "c5"})
+    fused = fpnops.fuse(body)
+    ref64 = copy.deepcopy(body).double()
+    calls = []
+    real = torch.ops.fpnops.conv_bn_act_cpu_prepacked
+    monkeypatch.setattr(torch.ops.fpnops, "conv_bn_act_cpu_prepacked",
+                        lambda *args: calls.append(1) or real(*args))
+    n_convs = sum(isinstance(m, nn.Conv2d) for m in body.modules())
+    limit = fused_resnet._FoldedWeights.PACKED_SHAPES
+    shapes = [(1, 3, 67, 85), (2, 3, 64, 64)] + [(1, 3, 64 + 8 * i, 72) for i in range(limit)] + [(1, 3, 67, 85)]
+    for shape in shapes:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            out = fused(x)
+            ref = ref64(x.double())
+        for k in ref:
+            assert rel_err(out[k], ref[k]) < 1e-5, (shape, k)
+            assert out[k].is_contiguous(memory_format=torch.channels_last)
+    assert len(calls) == n_convs * len(shapes)
+    packed = [entry[2] for m in fused.modules() if isinstance(m, FusedBasicBlock)
+              for entry in m._folded._cache.values()]
+    assert packed and all(len(p) <= limit for p in packed)  # bounded
+    first = fused.layer1[0]._folded._cache["conv1"][2]  # stride 4: every shape distinct
+    assert list(first)[-1] == (1, 64, 17, 22) and len(first) == limit  # most recent kept
+
+    calls.clear()  # autograd on (parameters require grad): the differentiable path, not packed
+    x = torch.randn(1, 3, 64, 64, requires_grad=True)
+    out = fused(x)
+    out["c5"].sum().backward()
+    assert not calls and x.grad is not None and fused.conv1.weight.grad is not None
+    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):  # oneDNN off: ATen's conv
+        out = fused(x)
+        assert not calls and rel_err(out["c5"], ref64(x.double())["c5"]) < 1e-5
 
 
 def test_training_with_batchnorm_is_the_original_math():

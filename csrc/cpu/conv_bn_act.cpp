@@ -1,7 +1,9 @@
 // conv_bn_act on the CPU. float32: oneDNN's convolution with the bias, residual add and ReLU as
 // post-ops (mkldnn::_convolution_pointwise, as PyTorch exposes it to Inductor): no extra pass.
-// Other dtypes (or oneDNN disabled): ATen's convolution with the bias, then our epilogue
-// (residual + ReLU) in one in-place pass, vectorised (conv_bn_act_kernel.h).
+// bfloat16/float16 on CPUs without hardware support for them: the same in float32, rounded once.
+// Otherwise (float64, half types on CPUs with bf16/fp16 instructions, oneDNN disabled): ATen's
+// convolution with the bias, then our epilogue (residual + ReLU) in one in-place pass,
+// vectorised (conv_bn_act_kernel.h).
 #include <ATen/Context.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/convolution.h>
@@ -53,6 +55,15 @@ at::Tensor onednn_conv_pointwise(const at::Tensor& x, const at::Tensor& w,
                  unary, OptScalars(), no_algorithm);
 }
 
+// Whether oneDNN has hardware bf16/fp16 convolutions on this CPU (AVX512-BF16, AMX-FP16, ...).
+bool onednn_has_native(at::ScalarType t) {
+  static const bool bf16 = c10::Dispatcher::singleton()
+      .findSchemaOrThrow("mkldnn::_is_mkldnn_bf16_supported", "").typed<bool()>().call();
+  static const bool fp16 = c10::Dispatcher::singleton()
+      .findSchemaOrThrow("mkldnn::_is_mkldnn_fp16_supported", "").typed<bool()>().call();
+  return t == at::kBFloat16 ? bf16 : fp16;
+}
+
 at::Tensor conv_bn_act_cpu(const at::Tensor& x, const at::Tensor& weight,
                            const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
@@ -64,9 +75,23 @@ at::Tensor conv_bn_act_cpu(const at::Tensor& x, const at::Tensor& weight,
   std::optional<at::Tensor> res;
   if (residual.has_value()) res = residual->contiguous(fmt);
   at::Tensor out;
-  if (x.scalar_type() == at::kFloat && at::globalContext().userEnabledMkldnn() && x.numel() > 0) {
+  const bool onednn = at::globalContext().userEnabledMkldnn() && x.numel() > 0;
+  if (onednn && x.scalar_type() == at::kFloat) {
     out = onednn_conv_pointwise(x.contiguous(fmt), weight, bias, stride, padding, dilation, groups,
                                 res, relu);
+  } else if (onednn && at::isReducedFloatingType(x.scalar_type()) &&
+             !onednn_has_native(x.scalar_type())) {
+    // Without bf16/fp16 instructions (AVX2 CPUs) oneDNN's half-precision convolution is a slow
+    // reference loop (seconds per ResNet conv). The operands are exact in float32, so the float32
+    // convolution with the epilogue fused, rounded once at the end, is the same math (float32
+    // accumulation) and at least as accurate as eager, which also rounds before the add.
+    const auto f32 = [&](const at::Tensor& t) { return t.to(at::kFloat); };
+    std::optional<at::Tensor> res32, bias32;
+    if (res.has_value()) res32 = f32(*res);
+    if (bias.has_value()) bias32 = f32(*bias);
+    out = onednn_conv_pointwise(f32(x).contiguous(fmt), f32(weight), bias32, stride, padding,
+                                dilation, groups, res32, relu)
+              .to(x.scalar_type());
   } else {
     out = at::convolution(x, weight, bias, stride, padding, dilation, false, {0, 0}, groups)
               .contiguous(fmt);
@@ -77,8 +102,36 @@ at::Tensor conv_bn_act_cpu(const at::Tensor& x, const at::Tensor& weight,
   return out.contiguous(fmt);
 }
 
+// x in channels_last (oneDNN's native layout: no reorder of the activations), the weight
+// reordered once for this input shape: what Inductor's CPU freezing does, without compiling.
+at::Tensor conv_bn_act_cpu_prepacked(const at::Tensor& x, const at::Tensor& packed_weight,
+                                     const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                     at::IntArrayRef padding, at::IntArrayRef dilation,
+                                     int64_t groups, const std::optional<at::Tensor>& residual,
+                                     bool relu) {
+  TORCH_CHECK(packed_weight.is_mkldnn(), "conv_bn_act_cpu_prepacked: packed_weight must come from "
+              "mkldnn::_reorder_convolution_weight, got a ", packed_weight.layout(), " tensor");
+  TORCH_CHECK(x.scalar_type() == at::kFloat && at::globalContext().userEnabledMkldnn(),
+              "conv_bn_act_cpu_prepacked: needs float32 x and oneDNN enabled, got ", x.scalar_type());
+  check_conv_bn_act(x, packed_weight, bias, residual, groups);
+  check_residual_shape(x, packed_weight, stride, padding, dilation, residual);
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  std::optional<at::Tensor> res;
+  if (residual.has_value()) res = residual->contiguous(cl);
+  return onednn_conv_pointwise(x.contiguous(cl), packed_weight, bias, stride, padding, dilation,
+                               groups, res, relu);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fpnops, CPU, m) { m.impl("conv_bn_act", &conv_bn_act_cpu); }
+TORCH_LIBRARY_IMPL(fpnops, CPU, m) {
+  m.impl("conv_bn_act", &conv_bn_act_cpu);
+  m.impl("conv_bn_act_cpu_prepacked", &conv_bn_act_cpu_prepacked);
+}
+
+// The packed weight is an mkldnn tensor: the dispatcher picks this key for the call.
+TORCH_LIBRARY_IMPL(fpnops, MkldnnCPU, m) {
+  m.impl("conv_bn_act_cpu_prepacked", &conv_bn_act_cpu_prepacked);
+}
 
 }  // namespace fpnops

@@ -11,6 +11,8 @@ Folded weights are cached and refreshed when any parameter or buffer they come f
 (tensor version counters); when autograd needs them (fine-tuning with frozen BN) they are
 folded afresh every call so gradients reach the conv weights.
 """
+from collections import OrderedDict
+
 import torch
 import torch.nn as nn
 
@@ -31,23 +33,67 @@ def uses_batch_stats(bn):
 
 
 class _FoldedWeights:
-    """Folds (conv, bn) pairs; caches the result while the source tensors are unchanged."""
+    """Folds (conv, bn) pairs and runs them; caches the folded weights while the source tensors
+    are unchanged, and (CPU float32 inference) oneDNN's reorder of them per input shape."""
+
+    PACKED_SHAPES = 4  # input shapes kept per conv (detectors see a few image sizes)
 
     def __init__(self):
-        self._cache = {}
+        self._cache = {}  # name -> (key of the sources, (weight, bias), {input shape: packed})
 
-    def get(self, name, conv, bn):
-        sources = [t for t in (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean,
-                               bn.running_var) if t is not None]
-        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and
-                                             any(t.requires_grad for t in sources)):
-            return fold_conv_bn(conv, bn)  # traced, or differentiable: never cached
+    @staticmethod
+    def _sources(conv, bn):
+        return [t for t in (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean,
+                            bn.running_var) if t is not None]
+
+    def _entry(self, name, conv, bn, sources):
         key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources)
         hit = self._cache.get(name)
         if hit is None or hit[0] != key:
-            hit = (key, fold_conv_bn(conv, bn))
+            hit = (key, fold_conv_bn(conv, bn), OrderedDict())
             self._cache[name] = hit
-        return hit[1]
+        return hit
+
+    def get(self, name, conv, bn):
+        sources = self._sources(conv, bn)
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and
+                                             any(t.requires_grad for t in sources)):
+            return fold_conv_bn(conv, bn)  # traced, or differentiable: never cached
+        return self._entry(name, conv, bn, sources)[1]
+
+    def conv_bn_act(self, name, conv, bn, x, backend, residual=None, relu=True):
+        """relu(bn(conv(x)) + residual) as one fused conv."""
+        args = _conv_args(conv)
+        sources = self._sources(conv, bn)
+        if _prepacked_applies(x, residual, backend, sources):
+            _, (weight, bias), packed = self._entry(name, conv, bn, sources)
+            shape = tuple(x.shape)
+            if shape in packed:
+                packed.move_to_end(shape)
+            else:
+                packed[shape] = torch.ops.mkldnn._reorder_convolution_weight(
+                    weight, list(args["padding"]), list(args["stride"]), list(args["dilation"]),
+                    args["groups"], list(shape))
+                if len(packed) > self.PACKED_SHAPES:
+                    packed.popitem(last=False)
+            return torch.ops.fpnops.conv_bn_act_cpu_prepacked(
+                x, packed[shape], bias, args["stride"], args["padding"], args["dilation"],
+                args["groups"], residual, relu)
+        weight, bias = self.get(name, conv, bn)
+        return conv_bn_act(x, weight, bias, **args, residual=residual, relu=relu, backend=backend)
+
+
+def _prepacked_applies(x, residual, backend, sources):
+    """CPU float32 inference runs in channels_last on weights oneDNN reordered once per input
+    shape (what Inductor's freezing does): ~1.1-1.2x over reordering activations and weights at
+    every conv. Not under autograd, autocast, tracing, or a backend other than native."""
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return False  # traced: Inductor packs weights itself (with freezing)
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and backend in ("auto", "native")
+            and x.layout == torch.strided and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled("cpu")
+            and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                     for t in (x, residual, *sources))))
 
 
 def _conv_args(conv):
@@ -69,8 +115,7 @@ def run_folding(named_modules, x, folded, backend, on_output=None):
         bn = mods[i + 1][1] if i + 1 < len(mods) else None
         if isinstance(m, nn.Conv2d) and bn is not None and is_bn(bn) and not uses_batch_stats(bn):
             relu = i + 2 < len(mods) and isinstance(mods[i + 2][1], nn.ReLU)
-            w, b = folded.get(name, m, bn)
-            x = conv_bn_act(x, w, b, **_conv_args(m), relu=relu, backend=backend)
+            x = folded.conv_bn_act(name, m, bn, x, backend, relu=relu)
             i += 2 + relu
         else:
             x = m(x)
@@ -142,9 +187,8 @@ class _FusedBlock(nn.Module):
         return any(uses_batch_stats(bn) for bn in bns)
 
     def _cba(self, x, conv, bn, relu=True, residual=None):
-        c = getattr(self, conv)
-        w, b = self._folded.get(conv, c, getattr(self, bn))
-        return conv_bn_act(x, w, b, **_conv_args(c), residual=residual, relu=relu, backend=self.backend)
+        return self._folded.conv_bn_act(conv, getattr(self, conv), getattr(self, bn), x, self.backend,
+                                        residual=residual, relu=relu)
 
     def _identity(self, x):
         ds = self.downsample

@@ -1,6 +1,7 @@
-"""Side-by-side timing: interleaved rounds, medians, ratios. CPU with perf_counter, CUDA with
-events. Every candidate is checked against the baseline before it is timed."""
+"""Side-by-side timing: interleaved rounds, medians, spread, ratios. CPU with perf_counter,
+CUDA with events (as triton.testing.do_bench does), after warm-up."""
 import json
+import os
 import platform
 import statistics
 import time
@@ -9,17 +10,33 @@ import torch
 
 
 def machine():
-    info = {"python": platform.python_version(), "torch": torch.__version__,
-            "platform": platform.platform(), "cpu_threads": torch.get_num_threads()}
+    """What produced a figure: versions, CPU, threads, GPU."""
+    import fpnops
+    info = {"fpnops": fpnops.__version__, "python": platform.python_version(),
+            "torch": torch.__version__, "cuda": torch.version.cuda,
+            "platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+            "cpu_threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "fpnops_backends": fpnops.backends()}
     try:
         import triton
         info["triton"] = triton.__version__
     except ImportError:
-        pass
+        info["triton"] = None
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
-        info["cuda"] = torch.version.cuda
     return info
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _timer(device):
