@@ -48,4 +48,18 @@ inline void check_residual_shape(const at::Tensor& x, const at::Tensor& w, at::I
               at::IntArrayRef(out), ", got ", residual->sizes());
 }
 
+// What every conv_bn_act kernel does first: the checks above, then the residual in the output's
+// memory format `fmt` (the fused epilogues read it with the output's strides).
+inline std::optional<at::Tensor> checked_residual(const at::Tensor& x, const at::Tensor& w,
+                                                  const std::optional<at::Tensor>& bias,
+                                                  at::IntArrayRef stride, at::IntArrayRef padding,
+                                                  at::IntArrayRef dilation, int64_t groups,
+                                                  const std::optional<at::Tensor>& residual,
+                                                  at::MemoryFormat fmt) {
+  check_conv_bn_act(x, w, bias, residual, groups);
+  check_residual_shape(x, w, stride, padding, dilation, residual);
+  if (!residual.has_value()) return std::nullopt;
+  return residual->contiguous(fmt);
+}
+
 }  // namespace fpnops

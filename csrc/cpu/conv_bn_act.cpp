@@ -68,12 +68,8 @@ at::Tensor conv_bn_act_cpu(const at::Tensor& x, const at::Tensor& weight,
                            const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                            const std::optional<at::Tensor>& residual, bool relu) {
-  check_conv_bn_act(x, weight, bias, residual, groups);
-  check_residual_shape(x, weight, stride, padding, dilation, residual);
-  const auto fmt = x.suggest_memory_format();
-  // Both post-op operands in the output's layout (x's), as the fused kernels expect.
-  std::optional<at::Tensor> res;
-  if (residual.has_value()) res = residual->contiguous(fmt);
+  const auto fmt = x.suggest_memory_format();  // the output's layout
+  const auto res = checked_residual(x, weight, bias, stride, padding, dilation, groups, residual, fmt);
   at::Tensor out;
   const bool onednn = at::globalContext().userEnabledMkldnn() && x.numel() > 0;
   if (onednn && x.scalar_type() == at::kFloat) {
@@ -84,7 +80,8 @@ at::Tensor conv_bn_act_cpu(const at::Tensor& x, const at::Tensor& weight,
     // Without bf16/fp16 instructions (AVX2 CPUs) oneDNN's half-precision convolution is a slow
     // reference loop (seconds per ResNet conv). The operands are exact in float32, so the float32
     // convolution with the epilogue fused, rounded once at the end, is the same math (float32
-    // accumulation) and at least as accurate as eager, which also rounds before the add.
+    // accumulation) and at least as accurate as eager, which rounds the conv's output before
+    // the add as well.
     const auto f32 = [&](const at::Tensor& t) { return t.to(at::kFloat); };
     std::optional<at::Tensor> res32, bias32;
     if (res.has_value()) res32 = f32(*res);
@@ -113,11 +110,9 @@ at::Tensor conv_bn_act_cpu_prepacked(const at::Tensor& x, const at::Tensor& pack
               "mkldnn::_reorder_convolution_weight, got a ", packed_weight.layout(), " tensor");
   TORCH_CHECK(x.scalar_type() == at::kFloat && at::globalContext().userEnabledMkldnn(),
               "conv_bn_act_cpu_prepacked: needs float32 x and oneDNN enabled, got ", x.scalar_type());
-  check_conv_bn_act(x, packed_weight, bias, residual, groups);
-  check_residual_shape(x, packed_weight, stride, padding, dilation, residual);
   const auto cl = at::MemoryFormat::ChannelsLast;
-  std::optional<at::Tensor> res;
-  if (residual.has_value()) res = residual->contiguous(cl);
+  const auto res = checked_residual(x, packed_weight, bias, stride, padding, dilation, groups,
+                                    residual, cl);
   return onednn_conv_pointwise(x.contiguous(cl), packed_weight, bias, stride, padding, dilation,
                                groups, res, relu);
 }

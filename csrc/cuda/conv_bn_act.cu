@@ -78,13 +78,10 @@ at::Tensor conv_bn_act_cuda(const at::Tensor& x, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                             const std::optional<at::Tensor>& residual, bool relu) {
-  check_conv_bn_act(x, weight, bias, residual, groups);
-  check_residual_shape(x, weight, stride, padding, dilation, residual);
   TORCH_CHECK(x.is_cuda(), "conv_bn_act (CUDA kernel): expected CUDA tensors, got ", x.device());
   const c10::cuda::CUDAGuard guard(x.device());
-  const auto fmt = x.suggest_memory_format();
-  std::optional<at::Tensor> res;
-  if (residual.has_value()) res = residual->contiguous(fmt);
+  const auto fmt = x.suggest_memory_format();  // the output's layout
+  const auto res = checked_residual(x, weight, bias, stride, padding, dilation, groups, residual, fmt);
   const auto dtype = x.scalar_type();
   const bool cudnn_fusable = relu && at::globalContext().userEnabledCuDNN() && x.numel() > 0 &&
                              (dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16);

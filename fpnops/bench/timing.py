@@ -1,6 +1,5 @@
 """Side-by-side timing: interleaved rounds, medians, spread, ratios. CPU with perf_counter,
 CUDA with events (as triton.testing.do_bench does), after warm-up."""
-import json
 import os
 import platform
 import statistics
@@ -97,19 +96,6 @@ def summarize(samples, baseline):
         med = statistics.median(s)
         out[name] = {"median_ms": med, "p20_ms": q[0], "p80_ms": q[-1], "speedup": base / med}
     return out
-
-
-def write_json(path, payload):
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=2)
-
-
-def add_vs_compile(stats):
-    """Each candidate's speedup over the torch.compile baseline, where there is one."""
-    if "compile" in stats:
-        for s in stats.values():
-            s["vs_compile"] = stats["compile"]["median_ms"] / s["median_ms"]
-    return stats
 
 
 def peak_mib(fn):
