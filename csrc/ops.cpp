@@ -21,6 +21,10 @@ TORCH_LIBRARY(fpnops, m) {
   // Inductor's freezing does. The fused modules cache such weights; no autograd, no fake kernel.
   m.def("conv_bn_act_cpu_prepacked(Tensor x, Tensor packed_weight, Tensor? bias, int[2] stride, "
         "int[2] padding, int[2] dilation, int groups, Tensor? residual, bool relu) -> Tensor");
+  // max |x| over every element, NaN-propagating (NaN if any element is NaN, inf if any is
+  // infinite; 0 when empty). CPU only: the fused convolutions' test that no NaN can reach a
+  // oneDNN ReLU post-op (which maps NaN to 0).
+  m.def("max_abs(Tensor x) -> float");
 }
 
 // The module exists to load the registrations above; it also records how it was built so

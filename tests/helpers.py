@@ -42,3 +42,79 @@ def run_cli(*args, cwd, pythonpath=()):
     env["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), root, env.get("PYTHONPATH", "")])
     return subprocess.run([sys.executable, "-m", "fpnops", *args], capture_output=True, text=True,
                           cwd=cwd, env=env)
+
+
+# The child side of run_bad_inputs: runs each case, reporting before (so a crash names the case
+# that was running) and after (the exception's class hierarchy and message).
+_BAD_INPUT_CHILD = r"""
+import json, sys
+cases, setup = json.load(sys.stdin)
+env = {}
+exec(setup, env)
+for case_id, code in cases:
+    print("START " + json.dumps(case_id), flush=True)
+    try:
+        exec(code, dict(env))
+        result = {"id": case_id, "mro": None, "msg": ""}
+    except BaseException as e:  # report every kind, KeyboardInterrupt included
+        result = {"id": case_id, "mro": [c.__name__ for c in type(e).__mro__], "msg": str(e)}
+    print("RESULT " + json.dumps(result), flush=True)
+"""
+
+
+def run_bad_inputs(cases, setup="import torch, fpnops", timeout=300):
+    """Run bad-input cases in one child interpreter, so that a crash (a signal, an abort) or a
+    hang fails the test that owns the case instead of killing the whole run.
+
+    cases: (id, code, exception class name(s), regex the message must match); `code` runs with
+    the names `setup` defined. Returns {id: failure text} for the cases that did not raise the
+    expected error (an empty dict when all did)."""
+    import json
+    import os
+    import re
+    import subprocess
+    import sys
+
+    import fpnops
+    import pathlib
+    root = str(pathlib.Path(fpnops.__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    payload = json.dumps([[[c[0], c[1]] for c in cases], setup])
+    proc = subprocess.Popen([sys.executable, "-c", _BAD_INPUT_CHILD], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        stdout, stderr = proc.communicate(payload, timeout=timeout)
+        rc = proc.returncode
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        rc = f"hung: killed after {timeout} s"
+    started, results = None, {}
+    for line in stdout.splitlines():
+        if line.startswith("START "):
+            started = json.loads(line[6:])
+        elif line.startswith("RESULT "):
+            r = json.loads(line[7:])
+            results[r["id"]] = r
+            started = None
+    failures = {}
+    for case_id, _, expected, pattern in cases:
+        expected = (expected,) if isinstance(expected, str) else tuple(expected)
+        r = results.get(case_id)
+        if r is None:
+            why = "crashed or hung the interpreter" if case_id == started else "never ran (an earlier case crashed)"
+            failures[case_id] = f"{why} (exit: {rc}; stderr tail: {stderr[-400:]!r})"
+        elif r["mro"] is None:
+            failures[case_id] = f"raised nothing, expected {'/'.join(expected)}"
+        elif not any(name in r["mro"] for name in expected):
+            failures[case_id] = f"raised {r['mro'][0]}({r['msg']!r}), expected {'/'.join(expected)}"
+        elif not re.search(pattern, r["msg"], re.S):
+            failures[case_id] = f"{r['mro'][0]} message {r['msg']!r} does not match {pattern!r}"
+    return failures
+
+
+def assert_bad_inputs(cases, setup="import torch, fpnops", timeout=300):
+    """run_bad_inputs, failing with every case that did not raise its expected, named error."""
+    failures = run_bad_inputs(cases, setup, timeout)
+    assert not failures, "\n".join(f"{k}: {v}" for k, v in failures.items())

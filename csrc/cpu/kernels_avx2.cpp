@@ -32,6 +32,7 @@
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2
 #include "conv_bn_act_kernel.h"
+#include "max_abs_kernel.h"
 #include "upsample_add_kernel.h"
 #pragma GCC pop_options
 #endif

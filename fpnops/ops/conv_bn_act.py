@@ -29,40 +29,41 @@ def output_shape(x, weight, stride, padding, dilation):
     return (n, weight.shape[0], oh, ow)
 
 
-def check_inputs(x, weight, bias, stride, padding, dilation, groups, residual):
-    """The checks every backend shares; errors name the argument, the expected and what came."""
+def check_inputs(x, weight, bias, stride, padding, dilation, groups, residual, who="conv_bn_act"):
+    """The checks every backend shares; errors name the argument, the expected and what came.
+    `who` opens every message (the fused modules pass their own name and the conv's)."""
     for name, t in (("x", x), ("weight", weight)):
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"conv_bn_act: {name} must be a torch.Tensor, got {type(t).__name__}")
+            raise TypeError(f"{who}: {name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 4:
-            raise ValueError(f"conv_bn_act: {name} must be 4-D, got {t.dim()}-D with shape {tuple(t.shape)}")
+            raise ValueError(f"{who}: {name} must be 4-D, got {t.dim()}-D with shape {tuple(t.shape)}")
     if x.dtype not in _FLOATING:
-        raise TypeError(f"conv_bn_act: expected a floating dtype, got x {x.dtype}")
+        raise TypeError(f"{who}: expected a floating dtype, got x {x.dtype}")
     if any(s < 1 for s in stride) or any(p < 0 for p in padding) or any(d < 1 for d in dilation):
-        raise ValueError(f"conv_bn_act: need stride >= 1, padding >= 0, dilation >= 1, got "
+        raise ValueError(f"{who}: need stride >= 1, padding >= 0, dilation >= 1, got "
                          f"stride={stride}, padding={padding}, dilation={dilation}")
     if not isinstance(groups, int) or groups < 1 or x.shape[1] != weight.shape[1] * groups \
             or weight.shape[0] % groups:
-        raise ValueError(f"conv_bn_act: x has {x.shape[1]} channels, weight {tuple(weight.shape)} "
+        raise ValueError(f"{who}: x has {x.shape[1]} channels, weight {tuple(weight.shape)} "
                          f"with groups={groups} expects {weight.shape[1] * groups if isinstance(groups, int) else '?'}"
                          f" (and out channels divisible by groups)")
     others = [("weight", weight)] + ([("bias", bias)] if bias is not None else []) + \
              ([("residual", residual)] if residual is not None else [])
     for name, t in others:
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"conv_bn_act: {name} must be a torch.Tensor or None, got {type(t).__name__}")
+            raise TypeError(f"{who}: {name} must be a torch.Tensor or None, got {type(t).__name__}")
         if t.dtype != x.dtype:
-            raise TypeError(f"conv_bn_act: {name} must have x's dtype {x.dtype}, got {t.dtype}")
+            raise TypeError(f"{who}: {name} must have x's dtype {x.dtype}, got {t.dtype}")
         if t.device != x.device:
-            raise ValueError(f"conv_bn_act: {name} must be on x's device {x.device}, got {t.device}")
+            raise ValueError(f"{who}: {name} must be on x's device {x.device}, got {t.device}")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(f"conv_bn_act: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+        raise ValueError(f"{who}: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     out = output_shape(x, weight, stride, padding, dilation)
     if out[2] < 1 or out[3] < 1:
-        raise ValueError(f"conv_bn_act: x {tuple(x.shape)} is smaller than the kernel "
+        raise ValueError(f"{who}: x {tuple(x.shape)} is smaller than the kernel "
                          f"{tuple(weight.shape[-2:])} (padding={padding}, dilation={dilation})")
     if residual is not None and tuple(residual.shape) != out:
-        raise ValueError(f"conv_bn_act: residual must have the output's shape {out}, got "
+        raise ValueError(f"{who}: residual must have the output's shape {out}, got "
                          f"{tuple(residual.shape)}")
 
 
