@@ -1,17 +1,26 @@
-"""fpnops.fuse(model): replace every pattern fpnops recognises by its fused module.
+"""fpnops.fuse(model): replace every pattern fpnops recognises by its fused module, and only
+where the replacement computes exactly what the original's own forward computes.
 
-A pattern is a (name, folds_bn, matches(module) -> bool, convert(module, backend) -> module)
-entry in PATTERNS, tried in order; folds_bn marks the ones that fold BatchNorm (they change
-rounding, so fuse(..., fold_bn=False) skips them and stays bit-exact); the walk is top-down and a converted module's children are then
-searched too (a fused stem's model still holds blocks and FPNs to fuse).
+A pattern (PATTERNS, tried in order) names the exact class it replaces (subclasses may change
+forward or anything the replacement relies on, so they stay as they are), whether it folds
+BatchNorm (that changes rounding, so fold_bn=False skips it), why a module of that class must
+still be left alone (a conv or norm fpnops cannot fold exactly), and how to convert it. The walk
+is top-down; a converted module's children are searched too (a fused stem's model still holds
+blocks and FPNs). The module's own hooks move to its replacement; hooks on the children a fused
+path would skip make the fused module run the original math while they are registered (see
+fpnops/nn/resnet.py).
 """
 import copy
+import dataclasses
+from typing import Callable, List, Optional
 
+import torch
 import torch.nn as nn
 
-from fpnops.nn import stem
-from fpnops.nn.fpn import FusedFPN, FusedReferenceFPN, _is_torchvision_fpn
-from fpnops.nn.resnet import FusedBasicBlock, FusedBottleneck, FusedConvBNAct, is_bn
+from fpnops import _backend
+from fpnops.nn import _exact, stem
+from fpnops.nn.fpn import FusedFPN, FusedReferenceFPN
+from fpnops.nn.resnet import FusedBasicBlock, FusedBottleneck, FusedConvBNAct
 from fpnops.reference import resnet as ref_resnet
 from fpnops.reference.fpn import FPN as ReferenceFPN
 
@@ -26,68 +35,175 @@ def _torchvision(name):
         return None
 
 
-def _is(name):
-    def matches(m):
-        cls = _torchvision(name)
-        return cls is not None and type(m) is cls
-    return matches
+def _why_not_pairs(m, pairs, relu="relu"):
+    """None where every (conv, norm) attribute pair of `m` folds exactly and its ReLU is plain."""
+    for conv, norm in pairs:
+        why = _exact.why_not_conv(getattr(m, conv, None)) or _exact.why_not_bn(getattr(m, norm, None))
+        if why:
+            return f"{conv}/{norm}: {why}"
+    if relu is not None and not _exact.is_plain_relu(getattr(m, relu, None)):
+        return f"{relu}: {type(getattr(m, relu, None)).__name__} is not a plain nn.ReLU"
+    return None
 
 
-def _has_conv_bn_run(m):
-    """A plain Sequential holding Conv2d directly followed by a BatchNorm."""
-    if type(m) not in (nn.Sequential, _torchvision("torchvision.ops.misc.Conv2dNormActivation")):
-        return False
+def _looks_like_norm(m):
+    """For the report only: a module that sits where a BatchNorm would."""
+    return "Norm" in type(m).__name__ or isinstance(m, nn.Identity)
+
+
+def _why_not_run(m):
+    """None where the Sequential holds at least one conv -> BN pair that folds exactly."""
     mods = list(m)
-    return any(isinstance(a, nn.Conv2d) and is_bn(b) for a, b in zip(mods, mods[1:]))
+    pairs = [(a, b) for a, b in zip(mods, mods[1:]) if isinstance(a, nn.Conv2d) and _looks_like_norm(b)]
+    if any(not _exact.why_not_conv(a) and not _exact.why_not_bn(b) for a, b in pairs):
+        return None
+    if not pairs:
+        return _NO_RUN
+    a, b = pairs[0]
+    return _exact.why_not_conv(a) or _exact.why_not_bn(b)
+
+
+_NO_RUN = "no Conv2d followed by a norm layer"
+_BLOCK = (("conv1", "bn1"), ("conv2", "bn2"))
+_BOTTLENECK = _BLOCK + (("conv3", "bn3"),)
+_STEM = (("conv1", "bn1"),)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pattern:
+    name: str
+    cls: Callable[[], Optional[type]]  # the exact class replaced (None: not installed)
+    folds_bn: bool
+    why_not: Callable[[nn.Module], Optional[str]]  # None: fuse it; else why it stays
+    convert: Callable[[nn.Module, str], nn.Module]
+
+
+def _tv(name):
+    return lambda: _torchvision(name)
+
+
+def _fixed(cls):
+    return lambda: cls
+
+
+def _ok(m):
+    return None
 
 
 PATTERNS = [
-    ("torchvision FeaturePyramidNetwork", False, _is_torchvision_fpn,
-     lambda m, backend: FusedFPN.from_module(m, backend=backend)),
-    ("fpnops.reference.FPN", False, lambda m: type(m) is ReferenceFPN,
-     lambda m, backend: FusedReferenceFPN._from_reference(m, backend)),
-    ("torchvision Bottleneck", True, _is("torchvision.models.resnet.Bottleneck"),
-     lambda m, backend: FusedBottleneck.from_module(m, backend=backend)),
-    ("torchvision BasicBlock", True, _is("torchvision.models.resnet.BasicBlock"),
-     lambda m, backend: FusedBasicBlock.from_module(m, backend=backend)),
-    ("fpnops.reference.Bottleneck", True, lambda m: type(m) is ref_resnet.Bottleneck,
-     lambda m, backend: FusedBottleneck.from_module(m, backend=backend)),
-    ("fpnops.reference.BasicBlock", True, lambda m: type(m) is ref_resnet.BasicBlock,
-     lambda m, backend: FusedBasicBlock.from_module(m, backend=backend)),
-    ("Sequential with conv -> BN (-> ReLU) runs", True, _has_conv_bn_run,
-     lambda m, backend: FusedConvBNAct.from_module(m, backend=backend)),
-    ("torchvision ResNet stem", True, _is("torchvision.models.resnet.ResNet"),
-     lambda m, backend: stem.with_fused_stem(m, stem._FusedTorchvisionResNet, backend)),
-    ("torchvision IntermediateLayerGetter stem", True, _is("torchvision.models._utils.IntermediateLayerGetter"),
-     lambda m, backend: stem.with_fused_stem(m, stem._FusedLayerGetter, backend)),
-    ("fpnops.reference.ResNet34 stem", True, lambda m: type(m) is ref_resnet.ResNet34,
-     lambda m, backend: stem.with_fused_stem(m, stem._FusedReferenceResNet34, backend)),
+    Pattern("torchvision FeaturePyramidNetwork", _tv("torchvision.ops.FeaturePyramidNetwork"), False,
+            _ok, lambda m, backend: FusedFPN.from_module(m, backend=backend)),
+    Pattern("fpnops.reference.FPN", _fixed(ReferenceFPN), False, _ok,
+            lambda m, backend: FusedReferenceFPN._from_reference(m, backend)),
+    Pattern("torchvision Bottleneck", _tv("torchvision.models.resnet.Bottleneck"), True,
+            lambda m: _why_not_pairs(m, _BOTTLENECK),
+            lambda m, backend: FusedBottleneck.from_module(m, backend=backend)),
+    Pattern("torchvision BasicBlock", _tv("torchvision.models.resnet.BasicBlock"), True,
+            lambda m: _why_not_pairs(m, _BLOCK),
+            lambda m, backend: FusedBasicBlock.from_module(m, backend=backend)),
+    Pattern("fpnops.reference.Bottleneck", _fixed(ref_resnet.Bottleneck), True,
+            lambda m: _why_not_pairs(m, _BOTTLENECK),
+            lambda m, backend: FusedBottleneck.from_module(m, backend=backend)),
+    Pattern("fpnops.reference.BasicBlock", _fixed(ref_resnet.BasicBlock), True,
+            lambda m: _why_not_pairs(m, _BLOCK),
+            lambda m, backend: FusedBasicBlock.from_module(m, backend=backend)),
+    Pattern("nn.Sequential with conv -> BN (-> ReLU) runs", _fixed(nn.Sequential), True, _why_not_run,
+            lambda m, backend: FusedConvBNAct.from_module(m, backend=backend)),
+    Pattern("torchvision Conv2dNormActivation", _tv("torchvision.ops.misc.Conv2dNormActivation"), True,
+            _why_not_run, lambda m, backend: FusedConvBNAct.from_module(m, backend=backend)),
+    Pattern("torchvision ResNet stem", _tv("torchvision.models.resnet.ResNet"), True,
+            lambda m: _why_not_pairs(m, _STEM),
+            lambda m, backend: stem.with_fused_stem(m, stem._FusedTorchvisionResNet, backend)),
+    Pattern("torchvision IntermediateLayerGetter stem", _tv("torchvision.models._utils.IntermediateLayerGetter"),
+            True, lambda m: _why_not_pairs(m, _STEM) if "conv1" in m._modules else "no conv1/bn1/relu stem",
+            lambda m, backend: stem.with_fused_stem(m, stem._FusedLayerGetter, backend)),
+    Pattern("fpnops.reference.ResNet34 stem", _fixed(ref_resnet.ResNet34), True,
+            lambda m: _why_not_pairs(m, _STEM),
+            lambda m, backend: stem.with_fused_stem(m, stem._FusedReferenceResNet34, backend)),
 ]
 
+# Every hook dict a module call or its state_dict consults: a replacement shares them with the
+# module it replaces, so the hooks keep firing and their handles keep removing them.
+_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+               "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks",
+               "_backward_pre_hooks", "_state_dict_hooks", "_state_dict_pre_hooks",
+               "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
 
-def _fuse_in_place(module, backend, fold_bn):
-    for _, folds_bn, matches, convert in PATTERNS:
-        if (fold_bn or not folds_bn) and matches(module):
-            module = convert(module, backend)
-            break
+
+def _carry_hooks(old, new):
+    if new is old:
+        return
+    for name in _HOOK_DICTS:
+        if hasattr(old, name):
+            setattr(new, name, getattr(old, name))
+    if getattr(old, "_is_full_backward_hook", None) is not None:
+        new._is_full_backward_hook = old._is_full_backward_hook
+
+
+@dataclasses.dataclass
+class FuseEntry:
+    """One line of fuse()'s report: a module fused, or one that looks like a pattern left alone."""
+    path: str
+    original: str
+    replacement: Optional[str]  # None: left alone
+    reason: str
+
+    def __str__(self):
+        where = self.path or "(the model itself)"
+        if self.replacement is None:
+            return f"left alone  {where} ({self.original}): {self.reason}"
+        return f"fused       {where} ({self.original} -> {self.replacement})"
+
+
+def _looks_like(module):
+    """The pattern a module of a subclass of a pattern's class would have matched."""
+    for p in PATTERNS:
+        cls = p.cls()
+        if cls is not None and cls is not nn.Sequential and isinstance(module, cls):
+            return p
+    return None
+
+
+def _fuse_in_place(module, path, backend, fold_bn, report: List[FuseEntry]):
+    original = type(module).__name__
+    pattern = next((p for p in PATTERNS if p.cls() is not None and type(module) is p.cls()), None)
+    if pattern is not None:
+        why = "fold_bn=False" if pattern.folds_bn and not fold_bn else pattern.why_not(module)
+        if why is None:
+            new = pattern.convert(module, backend)
+            _carry_hooks(module, new)
+            module = new
+            report.append(FuseEntry(path, original, type(new).__name__, pattern.name))
+        elif why is not _NO_RUN:  # a Sequential without conv -> norm is not worth a line
+            report.append(FuseEntry(path, original, None, why))
+    elif _looks_like(module) is not None:
+        base = _looks_like(module).cls().__name__
+        report.append(FuseEntry(path, original, None, f"a subclass of {base}: fpnops replaces "
+                                f"{base} itself only (a subclass may compute something else)"))
     for name, child in list(module.named_children()):
-        new = _fuse_in_place(child, backend, fold_bn)
+        new = _fuse_in_place(child, f"{path}.{name}" if path else name, backend, fold_bn, report)
         if new is not child:
             setattr(module, name, new)
     return module
 
 
 def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False,
-         fold_bn: bool = True) -> nn.Module:
+         fold_bn: bool = True, verbose: bool = False) -> nn.Module:
     """Return `model` with every recognised pattern replaced by its fused equivalent.
 
-    Recognised: torchvision's FeaturePyramidNetwork (-> FusedFPN) and the seeds' reference FPN
-    (-> FusedReferenceFPN); torchvision's and the reference Bottleneck and BasicBlock
-    (-> FusedBottleneck, FusedBasicBlock); Sequentials holding conv -> BN (-> ReLU) runs (a
-    ResNet50 stem, Conv2dNormActivation; -> FusedConvBNAct); the conv1 -> bn1 -> relu stems of
-    torchvision's ResNet, IntermediateLayerGetter (resnet_fpn_backbone, the detection models)
-    and the reference ResNet34. Anywhere in the module tree; everything else is left as is.
-    Parameters, buffers and their names are kept: state_dict() keys do not change.
+    Recognised (exact classes, anywhere in the module tree): torchvision's FeaturePyramidNetwork
+    (-> FusedFPN) and the seeds' reference FPN (-> FusedReferenceFPN); torchvision's and the
+    reference Bottleneck and BasicBlock (-> FusedBottleneck, FusedBasicBlock); nn.Sequential and
+    Conv2dNormActivation holding conv -> BN (-> ReLU) runs (a ResNet50 stem; -> FusedConvBNAct);
+    the conv1 -> bn1 -> relu stems of torchvision's ResNet, IntermediateLayerGetter
+    (resnet_fpn_backbone, the detection models) and the reference ResNet34.
+
+    Left alone, and listed with the reason when verbose=True: subclasses of those classes (they
+    may compute something else), blocks and stems whose convs or norms fpnops cannot fold
+    exactly (a Conv2d subclass with its own forward, padding_mode other than zeros, asymmetric
+    padding="same", GroupNorm or any norm other than nn.BatchNorm2d / FrozenBatchNorm2d), and
+    everything else. A replaced module's hooks move to its replacement. Parameters, buffers and
+    their names are kept: state_dict() keys do not change.
 
     Args:
         model: any nn.Module.
@@ -96,9 +212,24 @@ def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False,
         fold_bn: also fuse conv-BatchNorm(-ReLU) (ResNet blocks and stems). Folding changes
             rounding (a float32 ResNet50 moves ~1e-6 relative); fold_bn=False fuses only the FPN
             top-down steps, whose outputs are bit-identical to the original model's.
+        verbose: print what was fused and what was left alone, and why.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fuse: model must be an nn.Module, got {type(model).__name__}")
+    _backend.check("fuse", backend)
+    for name, flag in (("inplace", inplace), ("fold_bn", fold_bn), ("verbose", verbose)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"fuse: {name} must be True or False, got {flag!r}")
     if not inplace:
-        model = copy.deepcopy(model)
-    return _fuse_in_place(model, backend, fold_bn)
+        # Outside inference mode, so that a model fused under torch.inference_mode() gets normal
+        # tensors (with version counters) rather than inference tensors.
+        with torch.inference_mode(False):
+            model = copy.deepcopy(model)
+    report: List[FuseEntry] = []
+    model = _fuse_in_place(model, "", backend, fold_bn, report)
+    if verbose:
+        fused = sum(e.replacement is not None for e in report)
+        print(f"fpnops.fuse: {fused} module(s) fused, {len(report) - fused} left alone")
+        for entry in report:
+            print(f"  {entry}")
+    return model

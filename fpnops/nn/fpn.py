@@ -84,10 +84,17 @@ class FusedFPN(nn.Module):
             import copy as _copy
             m = _copy.deepcopy(m)
         if isinstance(m, ReferenceFPN):
+            from fpnops.nn._exact import overrides
+            if not isinstance(m, FusedReferenceFPN) and overrides(m, ReferenceFPN, ("forward", "_up", "_outputs")):
+                raise TypeError(f"FusedFPN.from_module: {type(m).__name__} overrides the forward of "
+                                f"fpnops.reference.FPN, which FusedReferenceFPN would not compute")
             return FusedReferenceFPN._from_reference(m, backend)
         if not (isinstance(m, cls) or _is_torchvision_fpn(m)):
             raise TypeError(f"FusedFPN.from_module: expected torchvision.ops.FeaturePyramidNetwork "
                             f"or fpnops.reference.FPN, got {type(m).__name__}")
+        if _overrides_fpn(m):
+            raise TypeError(f"FusedFPN.from_module: {type(m).__name__} overrides the forward of "
+                            f"FeaturePyramidNetwork, which FusedFPN would not compute")
         fused = cls._from_parts(m.inner_blocks, m.layer_blocks, m.extra_blocks, backend)
         return fused.train(m.training)
 
@@ -115,21 +122,34 @@ class FusedFPN(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
+    def _inner(self, x: Tensor, idx: int) -> Tensor:
+        """inner_blocks[idx](x); a loop because TorchScript cannot index a ModuleList by a
+        variable."""
+        out = x
+        for i, block in enumerate(self.inner_blocks):
+            if i == idx:
+                out = block(x)
+        return out
+
+    def _layer(self, x: Tensor, idx: int) -> Tensor:
+        """layer_blocks[idx](x), as _inner."""
+        out = x
+        for i, block in enumerate(self.layer_blocks):
+            if i == idx:
+                out = block(x)
+        return out
+
     def forward(self, x: Dict[str, Tensor]) -> Dict[str, Tensor]:
         names = list(x.keys())
         feats = list(x.values())
         n = len(feats)
-        # Finest first in `feats`; the top-down pass goes coarsest to finest.
-        inner: List[Tensor] = [feats[i] for i in range(n)]
-        for i, block in enumerate(self.inner_blocks):  # enumerate: TorchScript-friendly indexing
-            inner[i] = block(feats[i])
-        results: List[Tensor] = [inner[i] for i in range(n)]
-        last_inner = inner[n - 1]
+        # Coarsest to finest, calling the blocks in torchvision's order (inner n-1, layer n-1,
+        # then inner i and layer i for each finer level), so hooks on them see the same sequence.
+        last_inner = self._inner(feats[n - 1], n - 1)
+        results: List[Tensor] = [self._layer(last_inner, n - 1)]
         for idx in range(n - 2, -1, -1):
-            last_inner = _top_down(last_inner, inner[idx], self.backend)
-            inner[idx] = last_inner
-        for i, block in enumerate(self.layer_blocks):
-            results[i] = block(inner[i])
+            last_inner = _top_down(last_inner, self._inner(feats[idx], idx), self.backend)
+            results.insert(0, self._layer(last_inner, idx))
         if self.extra_blocks is not None:
             results, names = self.extra_blocks(results, feats, names)
         out = OrderedDict([(k, v) for k, v in zip(names, results)])
@@ -137,6 +157,16 @@ class FusedFPN(nn.Module):
 
     def extra_repr(self) -> str:
         return f"backend={self.backend!r}"
+
+
+def _overrides_fpn(m):
+    """A FeaturePyramidNetwork subclass whose forward (or the block helpers it calls) is its own."""
+    if isinstance(m, FusedFPN):
+        return False
+    from torchvision.ops import FeaturePyramidNetwork
+    from fpnops.nn._exact import overrides
+    return overrides(m, FeaturePyramidNetwork, ("forward", "get_result_from_inner_blocks",
+                                                "get_result_from_layer_blocks"))
 
 
 def _is_torchvision_fpn(m):
