@@ -53,11 +53,15 @@ def same_state(fused, eager):
 
 
 def op_nan_safe():
-    """Whether the public conv_bn_act keeps NaN through its ReLU (the conv helper's change)."""
-    x = torch.randn(1, 2, 3, 3)
-    x[0, 0, 1, 1] = float("nan")
-    y = fpnops.conv_bn_act(x, torch.randn(2, 2, 1, 1), None)
-    return bool(y[0, :, 1, 1].isnan().all())
+    """Whether the public conv_bn_act keeps NaN through its ReLU in float32 and bfloat16 (the
+    conv helper's change)."""
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(1, 2, 3, 3, dtype=dtype)
+        x[0, 0, 1, 1] = float("nan")
+        y = fpnops.conv_bn_act(x, torch.randn(2, 2, 1, 1, dtype=dtype), None)
+        if not y[0, :, 1, 1].isnan().all():
+            return False
+    return True
 
 
 def op_autocast_aware():
