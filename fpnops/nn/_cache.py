@@ -33,17 +33,26 @@ def _attrs(conv, bn):
 def sources(conv, bn):
     """Every tensor a fold reads, and num_batches_tracked: a training-mode forward of an
     nn.BatchNorm2d updates the running statistics in place without bumping their versions, but
-    always bumps num_batches_tracked's."""
-    return (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var,
-            bn._buffers.get("num_batches_tracked"))
+    always bumps num_batches_tracked's. Read from the modules' dicts (this runs every call)."""
+    c, p, b = conv._parameters, bn._parameters, bn._buffers
+    try:
+        return (c["weight"], c["bias"], p["weight"] if "weight" in p else b["weight"],
+                p["bias"] if "bias" in p else b["bias"], b["running_mean"], b["running_var"],
+                b.get("num_batches_tracked"))
+    except KeyError:  # not registered as such (a parametrization, ...): the attributes
+        return (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var,
+                b.get("num_batches_tracked"))
 
 
 def _stamp(tensors):
     """Identity, version and storage of each tensor: an in-place change bumps the version, `.data
     = t` and .to() move the storage. An inference tensor has no version: identity and storage
     only (it can only be changed inside inference_mode; fpnops.refresh covers that)."""
-    return tuple(None if t is None else
-                 (id(t), -1 if t.is_inference() else t._version, t.data_ptr()) for t in tensors)
+    try:
+        return tuple([None if t is None else (id(t), t._version, t.data_ptr()) for t in tensors])
+    except RuntimeError:  # "Inference tensors do not track version counter"
+        return tuple([None if t is None else (id(t), -1 if t.is_inference() else t._version,
+                                              t.data_ptr()) for t in tensors])
 
 
 def _amax(t):
@@ -115,9 +124,8 @@ class _FoldedWeights:
             self._pairs, self._packed = {}, {}
 
     def pair(self, name, conv, bn):
-        """The _Pair for `name` while the same conv and BN, unchanged in geometry and eps."""
-        if torch.compiler.is_compiling():
-            return _Pair(conv, bn)  # traced: no state kept
+        """The _Pair for `name` while the same conv and BN, unchanged in geometry and eps.
+        (Traced code uses no cache: the callers pass cache=None and make _Pairs afresh.)"""
         pairs = self._pairs
         p = pairs.get(name)
         if p is None or p.conv is not conv or p.bn is not bn or p.attrs != _attrs(conv, bn):

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from fpnops import _backend
 from fpnops.nn import _exact
-from fpnops.nn._cache import SAFE_BOUND, CacheOwner, _FoldedWeights, refresh, sources  # noqa: F401
+from fpnops.nn._cache import SAFE_BOUND, CacheOwner, _FoldedWeights, _Pair, refresh, sources  # noqa: F401
 from fpnops.ops.conv_bn_act import check_inputs, conv_bn_act, output_shape
 from fpnops.ops.fold import fold_conv_bn
 from fpnops.reference import resnet as _reference
@@ -115,17 +115,26 @@ def _op(who, x, weight, bias, args, residual, relu, backend):
         raise type(e)(f"{who}: {e}") from e
 
 
+def _pair(cache, name, conv, bn):
+    return _Pair(conv, bn) if cache is None else cache.pair(name, conv, bn)
+
+
+def _drop(cache):
+    if cache is not None:
+        cache.clear()
+
+
 def _fused_chain(who, x, steps, residual, cache, backend):
     """relu?(bn(conv(...)) ...) over steps [(conv name, _Pair, relu)], each one fused conv, the
     last adding `residual`: None, "x" (x itself), a tensor, or (name, _Pair) of a conv -> BN on x
     (a folded downsample).
     Returns None where the CPU float32 inference path cannot prove that no NaN reaches a ReLU
-    (the caller then runs the original math)."""
+    (the caller then runs the original math). cache None: traced, nothing kept."""
     name0, pair0, _ = steps[0]
     _check_x(who, name0, x, pair0.conv)
     pairs = [p for _, p, _ in steps] + ([residual[1]] if isinstance(residual, tuple) else [])
     tensors = [sources(p.conv, p.bn) for p in pairs]
-    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(
+    if cache is None or (torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for ts in tensors for t in ts)):
         # traced (Inductor folds and packs itself) or differentiable: folded afresh, not cached
         folds = [fold_conv_bn(p.conv, p.bn) for p in pairs]
@@ -183,11 +192,11 @@ def _run_at(mods, i, keep, cache):
     if not isinstance(conv, nn.Conv2d) or name in keep or i + 1 >= len(mods):
         return None, 1
     bn_name, bn = mods[i + 1]
-    pair = cache.pair(name, conv, bn)
+    pair = _pair(cache, name, conv, bn)
     if pair.reason is not None or _exact.has_hooks(conv) or _exact.has_hooks(bn):
         return None, 1
     if uses_batch_stats(bn):
-        cache.clear()  # a training-mode forward changes the running statistics
+        _drop(cache)  # a training-mode forward changes the running statistics
         return None, 1
     relu = (i + 2 < len(mods) and bn_name not in keep and _exact.is_plain_relu(mods[i + 2][1])
             and not _exact.has_hooks(mods[i + 2][1]))
@@ -200,6 +209,8 @@ def run_folding(who, named_modules, x, cache, backend, on_output=None, keep=()):
     output of every module (of a fused run: under the run's last name). `who` names the owner
     in errors."""
     mods = list(named_modules)
+    if torch.compiler.is_compiling():
+        cache = None  # traced: Inductor folds and packs itself; no state kept
     everywhere = _exact.global_hooks()  # hooks for every module: bypass none
     i = 0
     while i < len(mods):
@@ -309,24 +320,25 @@ class _FusedBlock(CacheOwner, nn.Module):
         return fused.train(m.training)
 
     def forward(self, x):
-        steps, residual = self._plan(x)
+        cache = None if torch.compiler.is_compiling() else self._fpnops_cache  # traced: none
+        steps, residual = self._plan(x, cache)
         if steps is not None:
-            y = _fused_chain(type(self).__name__, x, steps, residual, self._fpnops_cache, self.backend)
+            y = _fused_chain(type(self).__name__, x, steps, residual, cache, self.backend)
             if y is not None:
                 return y
         return self._source.forward(self, x)
 
-    def _plan(self, x):
+    def _plan(self, x, cache):
         """(steps, residual) for _fused_chain, or (None, None) where this call must run the
         source's forward: global hooks, hooks on a module the fused path skips, a module _exact
         rejects, or batch statistics (then the cache is dropped: they change)."""
         if _exact.global_hooks():
             return None, None
-        cache, mods = self._fpnops_cache, self._modules
+        mods = self._modules
         steps, bns = [], []
         for c, b in self._convs:
             conv, bn = mods.get(c), mods.get(b)
-            pair = cache.pair(c, conv, bn)
+            pair = _pair(cache, c, conv, bn)
             if pair.reason is not None or _exact.has_hooks(conv) or _exact.has_hooks(bn):
                 return None, None
             steps.append((c, pair, True))  # the last: relu(bn(conv) + identity)
@@ -339,7 +351,7 @@ class _FusedBlock(CacheOwner, nn.Module):
         if ds is not None:
             residual = self._downsample(cache, ds, bns)
         if any(uses_batch_stats(bn) for bn in bns):
-            cache.clear()
+            _drop(cache)
             return None, None
         if residual is None:
             residual = ds(x)  # a downsample not folded here: its own forward (and hooks)
@@ -353,7 +365,7 @@ class _FusedBlock(CacheOwner, nn.Module):
                 or _exact.has_hooks(ds):
             return None
         (cn, conv), (_, bn) = ds._modules.items()
-        pair = cache.pair(f"downsample.{cn}", conv, bn)
+        pair = _pair(cache, f"downsample.{cn}", conv, bn)
         if pair.reason is not None or _exact.has_hooks(conv) or _exact.has_hooks(bn):
             return None
         bns.append(bn)
