@@ -273,3 +273,20 @@ def test_prepacked_only_for_float32_weights_and_input(dtype, prepacked):
         out, ref = fused(x), eager(x)
     assert not prepacked and out.dtype == dtype
     assert ((out.double() - ref.double()).norm() / ref.double().norm()).item() < (1e-12 if dtype == torch.float64 else 2e-2)
+
+
+def test_from_module_of_a_subclass_and_of_a_fused_block():
+    """A subclass keeping the block's forward is accepted (its forward is the original math);
+    a fused block converts again, keeping the source class and the very same children."""
+
+    class Tagged(Bottleneck):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.tag = "kept"
+
+    block = randomize_bn(Tagged(16, 4)).eval()
+    fused = FusedBottleneck.from_module(FusedBottleneck.from_module(block))
+    assert fused._source is Tagged and fused.tag == "kept" and fused.conv2 is block.conv2
+    x = torch.randn(1, 16, 7, 6)
+    with torch.no_grad():
+        assert ((fused(x) - block(x)).norm() / block(x).norm()).item() < 1e-5

@@ -276,8 +276,8 @@ class _FusedBlock(CacheOwner, nn.Module):
     """Shared by the block kinds: adopt the source block's children, fold, dispatch.
 
     The fused path: relu(bn(conv(x))) through `_convs`, the last adding the identity (x, or the
-    downsample of x) before its ReLU. The original math is the
-    source class's own forward (`_source`), called on this module.
+    downsample of x) before its ReLU. The original math is the source class's own forward
+    (`_source`), called on this module.
     """
 
     _convs = ()  # (conv, bn) attribute name pairs, in order
@@ -290,21 +290,24 @@ class _FusedBlock(CacheOwner, nn.Module):
         where `m` is not a torchvision or reference block of this kind (or a subclass keeping its
         forward), or where a conv, BN or the ReLU is one a fused conv cannot stand in for."""
         who = f"{cls.__name__}.from_module"
-        source = m._source if isinstance(m, cls) else type(m)
-        known = _block_classes(cls._kind)
-        if not isinstance(m, nn.Module) or not any(issubclass(source, k) and not _exact.overrides(m, k)
-                                                   for k in known + (cls,)):
+        if isinstance(m, cls):
+            source = m._source
+        elif isinstance(m, nn.Module) and any(isinstance(m, k) and not _exact.overrides(m, k)
+                                              for k in _block_classes(cls._kind)):
+            source = type(m)  # its forward is the known block's
+        else:
             missing = [n for pair in cls._convs for n in pair if not hasattr(m, n)]
             lacks = f" (it lacks {missing})" if missing else ""
             raise TypeError(f"{who}: m must be torchvision's or fpnops.reference's {cls._kind}, "
                             f"got {type(m).__name__}{lacks}")
         for conv, bn in cls._convs:
-            why = _exact.why_not_conv(getattr(m, conv)) or _exact.why_not_bn(getattr(m, bn))
+            why = _exact.why_not_conv(getattr(m, conv, None)) or _exact.why_not_bn(getattr(m, bn, None))
             if why:
                 raise TypeError(f"{who}: {conv}/{bn} of {type(m).__name__}: {why}")
-        if not _exact.is_plain_relu(getattr(m, "relu", None)):
+        relu = getattr(m, "relu", None)
+        if not _exact.is_plain_relu(relu):
             raise TypeError(f"{who}: relu of {type(m).__name__} must be an nn.ReLU, got "
-                            f"{type(getattr(m, 'relu', None)).__name__}")
+                            f"{type(relu).__name__}")
         fused = cls.__new__(cls)
         nn.Module.__init__(fused)
         for name, child in m.named_children():
@@ -314,7 +317,7 @@ class _FusedBlock(CacheOwner, nn.Module):
                 setattr(fused, k, v)
         if "downsample" not in fused._modules and not hasattr(fused, "downsample"):
             fused.downsample = None
-        fused._source = m._source if isinstance(m, _FusedBlock) else type(m)
+        fused._source = source
         fused.backend = _backend.check(cls.__name__, backend)
         fused._fpnops_cache = _FoldedWeights()
         return fused.train(m.training)
