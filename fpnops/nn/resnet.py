@@ -3,22 +3,24 @@ FusedBottleneck.
 
 They hold the original submodules under the original names (state_dict keys and checkpoints
 are unchanged) and, where BatchNorm uses running statistics (eval mode, or torchvision's
-FrozenBatchNorm2d), run each conv-BN(-ReLU) as one fpnops.conv_bn_act on folded weights: the
-bias, the residual add and the final ReLU in the conv's epilogue. A live nn.BatchNorm2d in
-training mode (batch statistics, running-stat updates) runs the original, unfused math.
+FrozenBatchNorm2d), run each conv-BN(-ReLU) as one fused conv on folded weights: the bias, the
+residual add and the final ReLU in the conv's epilogue. Otherwise they run the original module's
+own forward, so that nothing it would do is skipped: a live nn.BatchNorm2d in training mode,
+hooks on any module the fused path bypasses (or global module hooks), a conv or norm _exact does
+not accept, and (CPU float32 inference) an input that could carry NaN or inf into oneDNN's ReLU.
 
-Folded weights are cached and refreshed when any parameter or buffer they come from changes
-(tensor version counters); when autograd needs them (fine-tuning with frozen BN) they are
-folded afresh every call so gradients reach the conv weights.
+Folded weights are cached (fpnops/nn/_cache.py, the contract in the README); when autograd needs
+the weights' gradients (fine-tuning with frozen BN) they are folded afresh every call.
 """
-from collections import OrderedDict
-
 import torch
 import torch.nn as nn
 
 from fpnops import _backend
-from fpnops.ops.conv_bn_act import conv_bn_act
+from fpnops.nn import _exact
+from fpnops.nn._cache import SAFE_BOUND, CacheOwner, _FoldedWeights, _Pair, refresh, sources  # noqa: F401
+from fpnops.ops.conv_bn_act import check_inputs, conv_bn_act, output_shape
 from fpnops.ops.fold import fold_conv_bn
+from fpnops.reference import resnet as _reference
 
 _BN = nn.modules.batchnorm._BatchNorm
 
@@ -28,120 +30,221 @@ def is_bn(m):
 
 
 def uses_batch_stats(bn):
-    """True where BatchNorm normalises with batch statistics: it cannot be folded then."""
-    return isinstance(bn, _BN) and (bn.training or bn.running_mean is None)
+    """True where BatchNorm normalises with batch statistics (or, missing one running statistic,
+    raises in eager): it cannot be folded then."""
+    return isinstance(bn, _BN) and (bn.training or bn.running_mean is None or bn.running_var is None)
 
 
-class _FoldedWeights:
-    """Folds (conv, bn) pairs and runs them; caches the folded weights while the source tensors
-    are unchanged, and (CPU float32 inference) oneDNN's reorder of them per input shape."""
+# --- one fused chain: conv -> BN (-> ReLU) ... , the last one adding a residual -----------------
 
-    PACKED_SHAPES = 4  # input shapes kept per conv (detectors see a few image sizes)
-
-    def __init__(self):
-        self._cache = {}  # name -> (key of the sources, (weight, bias), {input shape: packed})
-
-    @staticmethod
-    def _sources(conv, bn):
-        return [t for t in (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean,
-                            bn.running_var) if t is not None]
-
-    def _entry(self, name, conv, bn, sources):
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources)
-        hit = self._cache.get(name)
-        if hit is None or hit[0] != key:
-            hit = (key, fold_conv_bn(conv, bn), OrderedDict())
-            self._cache[name] = hit
-        return hit
-
-    def get(self, name, conv, bn):
-        sources = self._sources(conv, bn)
-        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and
-                                             any(t.requires_grad for t in sources)):
-            return fold_conv_bn(conv, bn)  # traced, or differentiable: never cached
-        return self._entry(name, conv, bn, sources)[1]
-
-    def conv_bn_act(self, name, conv, bn, x, backend, residual=None, relu=True):
-        """relu(bn(conv(x)) + residual) as one fused conv."""
-        args = _conv_args(conv)
-        sources = self._sources(conv, bn)
-        if _prepacked_applies(x, residual, backend, sources):
-            _, (weight, bias), packed = self._entry(name, conv, bn, sources)
-            shape = tuple(x.shape)
-            if shape in packed:
-                packed.move_to_end(shape)
-            else:
-                packed[shape] = torch.ops.mkldnn._reorder_convolution_weight(
-                    weight, list(args["padding"]), list(args["stride"]), list(args["dilation"]),
-                    args["groups"], list(shape))
-                if len(packed) > self.PACKED_SHAPES:
-                    packed.popitem(last=False)
-            return torch.ops.fpnops.conv_bn_act_cpu_prepacked(
-                x, packed[shape], bias, args["stride"], args["padding"], args["dilation"],
-                args["groups"], residual, relu)
-        weight, bias = self.get(name, conv, bn)
-        return conv_bn_act(x, weight, bias, **args, residual=residual, relu=relu, backend=backend)
+def _check_x(who, name, x, conv):
+    """Checks every fused call makes before anything runs (the rest, per input shape, when
+    weights are packed, or in conv_bn_act)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{who}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{who}: x must be 4-D (N, C, H, W), got {x.dim()}-D with shape {tuple(x.shape)}")
+    w = conv.weight
+    if x.shape[1] != w.shape[1] * conv.groups:
+        raise ValueError(f"{who}.{name}: x has {x.shape[1]} channels, {name} expects "
+                         f"{w.shape[1] * conv.groups}")
+    if x.device != w.device:
+        raise ValueError(f"{who}.{name}: x is on {x.device}, {name}.weight on {w.device}")
+    if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"{who}.{name}: x is {x.dtype}, {name}.weight is {w.dtype}")
 
 
-def _prepacked_applies(x, residual, backend, sources):
+def _packed_applies(x, backend, folds):
     """CPU float32 inference runs in channels_last on weights oneDNN reordered once per input
     shape (what Inductor's freezing does): ~1.1-1.2x over reordering activations and weights at
-    every conv. Not under autograd, autocast, tracing, or a backend other than native."""
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
-        return False  # traced: Inductor packs weights itself (with freezing)
+    every conv. Not under autograd, autocast, or a backend other than native; only where x and
+    every folded weight are float32 on the CPU."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and backend in ("auto", "native")
             and x.layout == torch.strided and torch.backends.mkldnn.is_available()
             and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled("cpu")
-            and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                                     for t in (x, residual, *sources))))
+            and not (x.requires_grad and torch.is_grad_enabled())
+            and all(f.weight.dtype == torch.float32 and f.weight.device.type == "cpu" for f in folds))
 
 
-def _conv_args(conv):
-    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-        raise ValueError(f"fused conv-BN: conv padding {conv.padding!r} / padding_mode "
-                         f"{conv.padding_mode!r} is not supported (zeros, explicit ints only)")
-    return {"stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation,
-            "groups": conv.groups}
+def _stand_in(shape, like):
+    """A tensor with `shape` and `like`'s dtype and device, for the checks only (no memory)."""
+    return torch.empty_strided(shape, (0,) * len(shape), dtype=like.dtype, device=like.device)
 
 
-def run_folding(named_modules, x, folded, backend, on_output=None):
-    """Run modules in order, each Conv2d -> BatchNorm (-> ReLU) run as one conv_bn_act on folded
-    weights (while the BN uses running statistics). on_output(name, x), if given, sees the
-    output of every module (of a fused run: under the run's last name)."""
+def _pack(who, shape, steps, folds, residual):
+    """Check every conv of the chain for input `shape` (errors name `who`.conv), then reorder
+    each folded weight for its input shape. steps as _fused_chain's; returns the packed weights
+    in steps order, then the residual conv's."""
+    x = _stand_in(shape, folds[0].weight)
+    res, packs = None, []
+    if isinstance(residual, tuple):  # a folded downsample conv -> BN on x
+        rname, rpair = residual
+        res = _checked(f"{who}.{rname}", x, rpair, folds[-1], None)
+        packs_res = [_reorder(rpair, folds[-1], shape)]
+    else:
+        res, packs_res = (x if isinstance(residual, str) else None), []
+    for i, (name, pair, _) in enumerate(steps):
+        last = i == len(steps) - 1
+        y = _checked(f"{who}.{name}", x, pair, folds[i], res if last else None)
+        packs.append(_reorder(pair, folds[i], tuple(x.shape)))
+        x = y
+    return tuple(packs + packs_res)
+
+
+def _checked(who, x, pair, folded, residual):
+    stride, padding, dilation, groups = pair.args
+    check_inputs(x, folded.weight, folded.bias, stride, padding, dilation, groups, residual, who=who)
+    return _stand_in(output_shape(x, folded.weight, stride, padding, dilation), x)
+
+
+def _reorder(pair, folded, shape):
+    stride, padding, dilation, groups = pair.args
+    return torch.ops.mkldnn._reorder_convolution_weight(
+        folded.weight, list(padding), list(stride), list(dilation), groups, list(shape))
+
+
+def _op(who, x, weight, bias, args, residual, relu, backend):
+    """The public conv_bn_act (NaN-safe, autocast-aware), its errors naming `who`."""
+    stride, padding, dilation, groups = args
+    try:
+        return conv_bn_act(x, weight, bias, stride=stride, padding=padding, dilation=dilation,
+                           groups=groups, residual=residual, relu=relu, backend=backend)
+    except (ValueError, TypeError, RuntimeError) as e:
+        if type(e) not in (ValueError, TypeError, RuntimeError):
+            raise
+        raise type(e)(f"{who}: {e}") from e
+
+
+def _pair(cache, name, conv, bn):
+    return _Pair(conv, bn) if cache is None else cache.pair(name, conv, bn)
+
+
+def _drop(cache):
+    if cache is not None:
+        cache.clear()
+
+
+def _fused_chain(who, x, steps, residual, cache, backend):
+    """relu?(bn(conv(...)) ...) over steps [(conv name, _Pair, relu)], each one fused conv, the
+    last adding `residual`: None, "x" (x itself), a tensor, or (name, _Pair) of a conv -> BN on x
+    (a folded downsample).
+    Returns None where the CPU float32 inference path cannot prove that no NaN reaches a ReLU
+    (the caller then runs the original math). cache None: traced, nothing kept."""
+    name0, pair0, _ = steps[0]
+    _check_x(who, name0, x, pair0.conv)
+    pairs = [p for _, p, _ in steps] + ([residual[1]] if isinstance(residual, tuple) else [])
+    tensors = [sources(p.conv, p.bn) for p in pairs]
+    if cache is None or (torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for ts in tensors for t in ts)):
+        # traced (Inductor folds and packs itself) or differentiable: folded afresh, not cached
+        folds = [fold_conv_bn(p.conv, p.bn) for p in pairs]
+    else:
+        folds = [cache.folded(p, ts) for p, ts in zip(pairs, tensors)]
+        if not isinstance(residual, torch.Tensor) and _packed_applies(x, backend, folds):
+            return _packed_chain(who, x, steps, residual, folds, cache)
+        folds = [(f.weight, f.bias) for f in folds]
+    res = x if isinstance(residual, str) else residual
+    if isinstance(residual, tuple):
+        rname, rpair = residual
+        res = _op(f"{who}.{rname}", x, *folds[-1], rpair.args, None, False, backend)
+    for i, (name, pair, relu) in enumerate(steps):
+        last = i == len(steps) - 1
+        x = _op(f"{who}.{name}", x, *folds[i], pair.args, res if last else None, relu, backend)
+    return x
+
+
+def _packed_chain(who, x, steps, residual, folds, cache):
+    # The NaN test: oneDNN's ReLU post-op maps NaN to 0. A bound on every value each conv can
+    # compute (its constants from the cache) proves none overflows, so no NaN is made; an
+    # input bound that is not finite, or one that grows too large, runs the original math.
+    bound = res_bound = torch.ops.fpnops.max_abs(x)
+    if isinstance(residual, tuple):
+        res_bound = bound * folds[-1].gain + folds[-1].offset
+    elif residual is None:
+        res_bound = 0.0
+    for i in range(len(steps)):
+        bound = bound * folds[i].gain + folds[i].offset
+        if not (bound < SAFE_BOUND and res_bound < SAFE_BOUND):
+            return None
+    if not bound + res_bound < SAFE_BOUND:
+        return None
+    shape = tuple(x.shape)
+    packs = cache.packed(steps[0][0], shape, folds, lambda: _pack(who, shape, steps, folds, residual))
+    prepacked = torch.ops.fpnops.conv_bn_act_cpu_prepacked
+    res = x if isinstance(residual, str) else None
+    if isinstance(residual, tuple):
+        stride, padding, dilation, groups = residual[1].args
+        res = prepacked(x, packs[-1], folds[-1].bias, stride, padding, dilation, groups, None, False)
+    for i, (_, pair, relu) in enumerate(steps):
+        stride, padding, dilation, groups = pair.args
+        last = i == len(steps) - 1
+        x = prepacked(x, packs[i], folds[i].bias, stride, padding, dilation, groups,
+                      res if last else None, relu)
+    return x
+
+
+# --- Sequentials and stems: runs of conv -> BN (-> ReLU) among other modules --------------------
+
+def _run_at(mods, i, keep, cache):
+    """(steps, length) of the conv -> BN (-> ReLU) run that may run fused at mods[i] now, or
+    (None, 1). A run ends at a module whose output is asked for (keep)."""
+    name, conv = mods[i]
+    if not isinstance(conv, nn.Conv2d) or name in keep or i + 1 >= len(mods):
+        return None, 1
+    bn_name, bn = mods[i + 1]
+    pair = _pair(cache, name, conv, bn)
+    if pair.reason is not None or _exact.has_hooks(conv) or _exact.has_hooks(bn):
+        return None, 1
+    if uses_batch_stats(bn):
+        _drop(cache)  # a training-mode forward changes the running statistics
+        return None, 1
+    relu = (i + 2 < len(mods) and bn_name not in keep and _exact.is_plain_relu(mods[i + 2][1])
+            and not _exact.has_hooks(mods[i + 2][1]))
+    return [(name, pair, relu)], 2 + relu
+
+
+def run_folding(who, named_modules, x, cache, backend, on_output=None, keep=()):
+    """Run modules in order as nn.Sequential does, each Conv2d -> BatchNorm (-> ReLU) that may
+    (see _run_at) as one fused conv on folded weights. on_output(name, x), if given, sees the
+    output of every module (of a fused run: under the run's last name). `who` names the owner
+    in errors."""
     mods = list(named_modules)
+    if torch.compiler.is_compiling():
+        cache = None  # traced: Inductor folds and packs itself; no state kept
+    everywhere = _exact.global_hooks()  # hooks for every module: bypass none
     i = 0
     while i < len(mods):
-        name, m = mods[i]
-        bn = mods[i + 1][1] if i + 1 < len(mods) else None
-        if isinstance(m, nn.Conv2d) and bn is not None and is_bn(bn) and not uses_batch_stats(bn):
-            relu = i + 2 < len(mods) and isinstance(mods[i + 2][1], nn.ReLU)
-            x = folded.conv_bn_act(name, m, bn, x, backend, relu=relu)
-            i += 2 + relu
+        steps, n = (None, 1) if everywhere else _run_at(mods, i, keep, cache)
+        y = None if steps is None else _fused_chain(who, x, steps, None, cache, backend)
+        if y is None:
+            for _, m in mods[i:i + n]:  # as nn.Sequential: also where the NaN test failed
+                x = m(x)
         else:
-            x = m(x)
-            i += 1
+            x = y
+        i += n
         if on_output is not None:
             on_output(mods[i - 1][0], x)
     return x
 
 
-class FusedConvBNAct(nn.Sequential):
-    """A Sequential whose runs of Conv2d -> BatchNorm (-> ReLU) run as one conv_bn_act.
+class FusedConvBNAct(CacheOwner, nn.Sequential):
+    """A Sequential whose runs of Conv2d -> BatchNorm (-> ReLU) run as one fused conv.
 
     Same children, same names as the Sequential it replaces (torchvision's
     Conv2dNormActivation, a ResNet stem `Sequential(conv, bn, relu, maxpool)`, a downsample
-    `Sequential(conv, bn)`); anything else in it runs as is.
+    `Sequential(conv, bn)`); anything else in it runs as is. Its original math is
+    nn.Sequential.forward.
     """
 
     def __init__(self, *modules, backend="auto"):
         super().__init__(*modules)
         self.backend = _backend.check("FusedConvBNAct", backend)
-        self._folded = _FoldedWeights()
+        self._fpnops_cache = _FoldedWeights()
 
     @classmethod
     def from_module(cls, m, *, backend="auto"):
         if not isinstance(m, nn.Sequential):
-            raise TypeError(f"FusedConvBNAct.from_module: expected an nn.Sequential of conv, BN "
+            raise TypeError(f"FusedConvBNAct.from_module: m must be an nn.Sequential of conv, BN "
                             f"(and ReLU), got {type(m).__name__}")
         fused = cls(backend=backend)
         for name, child in m.named_children():
@@ -149,55 +252,127 @@ class FusedConvBNAct(nn.Sequential):
         return fused.train(m.training)
 
     def forward(self, x):
-        return run_folding(self._modules.items(), x, self._folded, self.backend)
+        return run_folding(type(self).__name__, self._modules.items(), x, self._fpnops_cache,
+                           self.backend)
 
     def extra_repr(self):
         return f"backend={self.backend!r}"
 
 
-class _FusedBlock(nn.Module):
-    """Shared by the block kinds: adopt the source block's children, fold, dispatch."""
+# --- residual blocks -----------------------------------------------------------------------------
+
+def _block_classes(kind):
+    """The block classes whose forward a Fused<kind> reproduces: torchvision's and the reference."""
+    found = [getattr(_reference, kind)]
+    try:
+        from torchvision.models import resnet as tv
+        found.append(getattr(tv, kind))
+    except ImportError:  # torchvision is optional
+        pass
+    return tuple(found)
+
+
+class _FusedBlock(CacheOwner, nn.Module):
+    """Shared by the block kinds: adopt the source block's children, fold, dispatch.
+
+    The fused path: relu(bn(conv(x))) through `_convs`, the last adding the identity (x, or the
+    downsample of x) before its ReLU. The original math is the source class's own forward
+    (`_source`), called on this module.
+    """
 
     _convs = ()  # (conv, bn) attribute name pairs, in order
+    _kind = ""  # "Bottleneck" / "BasicBlock"
+    _source = None  # the source block class (class default: the reference one)
 
     @classmethod
     def from_module(cls, m, *, backend="auto"):
+        """A fused block with `m`'s children (the same modules) and attributes. Raises TypeError
+        where `m` is not a torchvision or reference block of this kind (or a subclass keeping its
+        forward), or where a conv, BN or the ReLU is one a fused conv cannot stand in for."""
+        who = f"{cls.__name__}.from_module"
+        if isinstance(m, cls):
+            source = m._source
+        elif isinstance(m, nn.Module) and any(isinstance(m, k) and not _exact.overrides(m, k)
+                                              for k in _block_classes(cls._kind)):
+            source = type(m)  # its forward is the known block's
+        else:
+            missing = [n for pair in cls._convs for n in pair if not hasattr(m, n)]
+            lacks = f" (it lacks {missing})" if missing else ""
+            raise TypeError(f"{who}: m must be torchvision's or fpnops.reference's {cls._kind}, "
+                            f"got {type(m).__name__}{lacks}")
+        for conv, bn in cls._convs:
+            why = _exact.why_not_conv(getattr(m, conv, None)) or _exact.why_not_bn(getattr(m, bn, None))
+            if why:
+                raise TypeError(f"{who}: {conv}/{bn} of {type(m).__name__}: {why}")
+        relu = getattr(m, "relu", None)
+        if not _exact.is_plain_relu(relu):
+            raise TypeError(f"{who}: relu of {type(m).__name__} must be an nn.ReLU, got "
+                            f"{type(relu).__name__}")
         fused = cls.__new__(cls)
         nn.Module.__init__(fused)
         for name, child in m.named_children():
             fused.add_module(name, child)
-        missing = [n for pair in cls._convs for n in pair if not isinstance(getattr(fused, n, None), nn.Module)]
-        if missing:
-            raise TypeError(f"{cls.__name__}.from_module: {type(m).__name__} lacks {missing}")
-        for conv, bn in cls._convs:
-            if not isinstance(getattr(fused, conv), nn.Conv2d) or not is_bn(getattr(fused, bn)):
-                raise TypeError(f"{cls.__name__}.from_module: {conv}/{bn} of {type(m).__name__} must "
-                                f"be Conv2d and BatchNorm2d/FrozenBatchNorm2d")
-        if getattr(fused, "downsample", None) is None:
+        for k, v in vars(m).items():  # plain attributes (stride, ...), not nn.Module's own
+            if not k.startswith("_") and k != "training" and k not in fused._modules:
+                setattr(fused, k, v)
+        if "downsample" not in fused._modules and not hasattr(fused, "downsample"):
             fused.downsample = None
-        fused.stride = getattr(m, "stride", fused.conv1.stride[0])
+        fused._source = source
         fused.backend = _backend.check(cls.__name__, backend)
-        fused._folded = _FoldedWeights()
+        fused._fpnops_cache = _FoldedWeights()
         return fused.train(m.training)
 
-    def _unfused(self):
-        bns = [getattr(self, bn) for _, bn in self._convs]
-        if isinstance(self.downsample, nn.Sequential):
-            bns += [m for m in self.downsample if is_bn(m)]
-        return any(uses_batch_stats(bn) for bn in bns)
+    def forward(self, x):
+        cache = None if torch.compiler.is_compiling() else self._fpnops_cache  # traced: none
+        steps, residual = self._plan(x, cache)
+        if steps is not None:
+            y = _fused_chain(type(self).__name__, x, steps, residual, cache, self.backend)
+            if y is not None:
+                return y
+        return self._source.forward(self, x)
 
-    def _cba(self, x, conv, bn, relu=True, residual=None):
-        return self._folded.conv_bn_act(conv, getattr(self, conv), getattr(self, bn), x, self.backend,
-                                        residual=residual, relu=relu)
+    def _plan(self, x, cache):
+        """(steps, residual) for _fused_chain, or (None, None) where this call must run the
+        source's forward: global hooks, hooks on a module the fused path skips, a module _exact
+        rejects, or batch statistics (then the cache is dropped: they change)."""
+        if _exact.global_hooks():
+            return None, None
+        mods = self._modules
+        steps, bns = [], []
+        for c, b in self._convs:
+            conv, bn = mods.get(c), mods.get(b)
+            pair = _pair(cache, c, conv, bn)
+            if pair.reason is not None or _exact.has_hooks(conv) or _exact.has_hooks(bn):
+                return None, None
+            steps.append((c, pair, True))  # the last: relu(bn(conv) + identity)
+            bns.append(bn)
+        relu = mods.get("relu")
+        if not _exact.is_plain_relu(relu) or _exact.has_hooks(relu):
+            return None, None
+        residual = "x"
+        ds = mods.get("downsample")
+        if ds is not None:
+            residual = self._downsample(cache, ds, bns)
+        if any(uses_batch_stats(bn) for bn in bns):
+            _drop(cache)
+            return None, None
+        if residual is None:
+            residual = ds(x)  # a downsample not folded here: its own forward (and hooks)
+        return steps, residual
 
-    def _identity(self, x):
-        ds = self.downsample
-        if ds is None:
-            return x
-        if isinstance(ds, nn.Sequential):  # conv -> BN: folded like any other run
-            named = ((f"downsample.{n}", m) for n, m in ds.named_children())
-            return run_folding(named, x, self._folded, self.backend)
-        return ds(x)
+    @staticmethod
+    def _downsample(cache, ds, bns):
+        """("downsample.0", pair) where the downsample is a plain Sequential(conv, BN) this block
+        folds (its BN appended to bns), else None (it runs as a module)."""
+        if type(ds) not in (nn.Sequential, FusedConvBNAct) or len(ds._modules) != 2 \
+                or _exact.has_hooks(ds):
+            return None
+        (cn, conv), (_, bn) = ds._modules.items()
+        pair = _pair(cache, f"downsample.{cn}", conv, bn)
+        if pair.reason is not None or _exact.has_hooks(conv) or _exact.has_hooks(bn):
+            return None
+        bns.append(bn)
+        return (f"downsample.{cn}", pair)
 
     def extra_repr(self):
         return f"backend={self.backend!r}"
@@ -205,31 +380,19 @@ class _FusedBlock(nn.Module):
 
 class FusedBottleneck(_FusedBlock):
     """ResNet bottleneck (1x1 -> 3x3 -> 1x1, torchvision's or the reference one), each conv-BN(-ReLU)
-    one conv_bn_act; the residual add and final ReLU in conv3's epilogue; the downsample conv+BN
+    one fused conv; the residual add and final ReLU in conv3's epilogue; the downsample conv+BN
     folded too."""
 
     _convs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
-
-    def forward(self, x):
-        if self._unfused():
-            identity = x if self.downsample is None else self.downsample(x)
-            out = self.relu(self.bn1(self.conv1(x)))
-            out = self.relu(self.bn2(self.conv2(out)))
-            return self.relu(self.bn3(self.conv3(out)) + identity)
-        out = self._cba(x, "conv1", "bn1")
-        out = self._cba(out, "conv2", "bn2")
-        return self._cba(out, "conv3", "bn3", residual=self._identity(x))
+    _kind = "Bottleneck"
+    _source = _reference.Bottleneck
+    expansion = 4
 
 
 class FusedBasicBlock(_FusedBlock):
     """ResNet basic block (two 3x3 convs); the residual add and final ReLU in conv2's epilogue."""
 
     _convs = (("conv1", "bn1"), ("conv2", "bn2"))
-
-    def forward(self, x):
-        if self._unfused():
-            identity = x if self.downsample is None else self.downsample(x)
-            out = self.relu(self.bn1(self.conv1(x)))
-            return self.relu(self.bn2(self.conv2(out)) + identity)
-        out = self._cba(x, "conv1", "bn1")
-        return self._cba(out, "conv2", "bn2", residual=self._identity(x))
+    _kind = "BasicBlock"
+    _source = _reference.BasicBlock
+    expansion = 1
