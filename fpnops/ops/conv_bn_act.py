@@ -28,24 +28,29 @@ def _int(v):
 def _pair(name, v, who="conv_bn_act"):
     """(a, b) of plain ints from an int-like or a pair of them; TypeError/ValueError naming
     `name` and what came (floats, bools, strings, other lengths)."""
-    try:
-        i = _int(v)
-        return (i, i)
-    except TypeError:
-        pass
-    what = f"{who}: {name} must be an int or a pair of ints, got {v!r}"
-    if isinstance(v, (str, bytes, Mapping, Set)):
-        raise TypeError(f"{what} ({type(v).__name__})")
-    try:
+    def bad(exc, why):
+        return exc(f"{who}: {name} must be an int or a pair of ints, got {v!r} ({why})")
+
+    if isinstance(v, (tuple, list)):  # the common case first, without exceptions (tracing)
         items = tuple(v)
-    except TypeError:
-        raise TypeError(f"{what} ({type(v).__name__})") from None
+    else:
+        try:
+            i = _int(v)
+            return (i, i)
+        except TypeError:
+            pass
+        if isinstance(v, (str, bytes, Mapping, Set)):
+            raise bad(TypeError, type(v).__name__)
+        try:
+            items = tuple(v)  # numpy arrays, 1-D tensors
+        except TypeError:
+            raise bad(TypeError, type(v).__name__) from None
     if len(items) != 2:
-        raise ValueError(f"{what} ({len(items)} values)")
+        raise bad(ValueError, f"{len(items)} values")
     try:
         return tuple(_int(i) for i in items)
     except TypeError:
-        raise TypeError(f"{what} (elements {', '.join(type(i).__name__ for i in items)})") from None
+        raise bad(TypeError, "elements " + ", ".join(type(i).__name__ for i in items)) from None
 
 
 def output_shape(x, weight, stride, padding, dilation):
