@@ -287,3 +287,18 @@ def test_autocast_under_compile():
     out = torch.compile(fn, fullgraph=True)(x, w, b)
     assert out.dtype == torch.bfloat16
     assert rel_err(out, fn(x, w, b)) < 1e-2
+
+
+def test_nan_anywhere_in_a_large_weight():
+    """The weight's bound is a parallel reduction over output channels: a NaN in any of them
+    (first, middle, last chunk) must keep oneDNN's ReLU post-op off."""
+    x = torch.randn(1, 64, 5, 6).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(512, 64, 3, 3) / 24
+    for co in (0, 300, 511):
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            wn = w.clone()
+            wn[co, 17, 1, 1] = float("nan")  # the centre tap: never over the padding
+            wn = wn.contiguous(memory_format=fmt)
+            out = fpnops.conv_bn_act(x, wn, None, padding=1, backend="native")
+            assert out[:, co].isnan().all() and not out[:, :co].isnan().any(), (co, fmt)
+            assert not out[:, co + 1:].isnan().any()

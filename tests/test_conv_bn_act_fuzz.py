@@ -115,14 +115,20 @@ def check(c, x, w, b, r, backend):
 def run_fuzz(seed, count, backends, triton_sized=False):
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    for i in range(count):
-        c = random_case(rng, triton_sized)
-        x, w, b, r = build(c, rng)
-        for backend in backends:
-            try:
-                check(c, x, w, b, r, backend)
-            except AssertionError as e:
-                raise AssertionError(f"case {i} backend={backend} {c}: {e}") from None
+    threads = torch.get_num_threads()
+    # Tiny tensors: one thread (on a loaded 2-core machine OpenMP's barriers cost ~20x).
+    torch.set_num_threads(1)
+    try:
+        for i in range(count):
+            c = random_case(rng, triton_sized)
+            x, w, b, r = build(c, rng)
+            for backend in backends:
+                try:
+                    check(c, x, w, b, r, backend)
+                except AssertionError as e:
+                    raise AssertionError(f"case {i} backend={backend} {c}: {e}") from None
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("seed", range(4))
