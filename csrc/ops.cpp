@@ -13,12 +13,17 @@ TORCH_LIBRARY(fpnops, m) {
         "float? scale_w=None) -> Tensor");
   // relu(conv2d(x, weight, bias, stride, padding, dilation, groups) + residual), the bias,
   // residual add and ReLU in the convolution's epilogue; weight and bias already BN-folded.
-  // Output in x's memory format.
+  // Output in x's memory format. NaN and inf propagate as in eager (relu(NaN) = NaN).
   m.def("conv_bn_act(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
         "int[2] dilation, int groups, Tensor? residual, bool relu) -> Tensor");
   // CPU inference only: conv_bn_act in channels_last with a weight oneDNN has already reordered
   // for this input shape (mkldnn::_reorder_convolution_weight; an opaque mkldnn tensor), as
   // Inductor's freezing does. The fused modules cache such weights; no autograd, no fake kernel.
+  // Arguments checked as conv_bn_act's, but NOT for NaN: with relu=true its ReLU is oneDNN's
+  // post-op, which maps NaN to 0. The caller must prove no NaN can reach it (a finite bound
+  // max|x| * max_co sum|w[co]| + max|bias| + max|residual| well below float32's overflow, as
+  // csrc/cpu/conv_bn_act.cpp's relu_post_op_is_safe) or pass relu=false and apply a
+  // NaN-propagating ReLU itself.
   m.def("conv_bn_act_cpu_prepacked(Tensor x, Tensor packed_weight, Tensor? bias, int[2] stride, "
         "int[2] padding, int[2] dilation, int groups, Tensor? residual, bool relu) -> Tensor");
   // max |x| over every element, NaN-propagating (NaN if any element is NaN, inf if any is

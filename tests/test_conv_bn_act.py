@@ -1,8 +1,11 @@
 """conv_bn_act and fold_conv_bn: every backend against the plain composite, autograd, opcheck,
-torch.compile, bad input."""
+torch.compile; regressions (integer-likes, Triton routing, NaN/Inf, autocast). Bad input:
+test_conv_bn_act_errors.py; random cases with NaN/Inf: test_conv_bn_act_fuzz.py."""
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from conftest import devices
 from helpers import backends_for
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -136,46 +139,166 @@ def test_fold_conv_bn(conv_bias, bn_kind, dtype):
         {torch.float32: 1e-6, torch.float64: 1e-13, torch.bfloat16: 1e-2}[dtype]
 
 
-def test_fold_conv_bn_errors():
-    conv = nn.Conv2d(3, 4, 1)
-    with pytest.raises(ValueError, match="bn has 5 channels but conv has 4 output channels"):
-        fpnops.fold_conv_bn(conv, nn.BatchNorm2d(5))
-    with pytest.raises(TypeError, match="bn must be nn.BatchNorm2d or .*FrozenBatchNorm2d, got LayerNorm"):
-        fpnops.fold_conv_bn(conv, nn.LayerNorm(4))
-    with pytest.raises(TypeError, match="conv must be nn.Conv2d, got Linear"):
-        fpnops.fold_conv_bn(nn.Linear(3, 4), nn.BatchNorm2d(4))
-    with pytest.raises(ValueError, match="no running statistics"):
-        fpnops.fold_conv_bn(conv, nn.BatchNorm2d(4, track_running_stats=False))
+# --- regressions ------------------------------------------------------------------------------
+
+def test_integer_likes_are_ints():
+    """stride/padding/dilation/groups take numpy ints, 0-d integer tensors and pairs of them."""
+    x, w, b = torch.randn(1, 4, 9, 8), torch.randn(6, 2, 3, 3), torch.randn(6)
+    ref = conv_bn_act_reference(x, w, b, (2, 1), (1, 2), (1, 2), 2)
+    for backend in backends_for("cpu"):
+        for kwargs in ({"stride": (np.int64(2), 1), "padding": (1, np.int32(2)),
+                        "dilation": np.array([1, 2]), "groups": np.int64(2)},
+                       {"stride": torch.tensor([2, 1]), "padding": [torch.tensor(1), 2],
+                        "dilation": (1, 2), "groups": torch.tensor(2)}):
+            out = fpnops.conv_bn_act(x, w, b, backend=backend, **kwargs)
+            assert rel_err(out, ref) < 1e-5, (backend, kwargs)
 
 
-# --- bad input ---------------------------------------------------------------------------------
-
-X, W, B = torch.randn(2, 8, 9, 9), torch.randn(4, 8, 3, 3), torch.randn(4)
-
-
-@pytest.mark.parametrize("args,kwargs,exc,pattern", [
-    ((X[0], W, B), {}, ValueError, r"x must be 4-D, got 3-D"),
-    ((X, W[0], B), {}, ValueError, r"weight must be 4-D, got 3-D"),
-    ((X, torch.randn(4, 6, 3, 3), B), {}, ValueError, r"x has 8 channels, weight \(4, 6, 3, 3\) with groups=1 expects 6"),
-    ((X, W, torch.randn(5)), {}, ValueError, r"bias must have shape \(4,\), got \(5,\)"),
-    ((X, W.double(), B), {}, TypeError, r"weight must have x's dtype torch.float32, got torch.float64"),
-    ((X.int(), W.int(), None), {}, TypeError, r"floating dtype, got x torch.int32"),
-    ((X, W, B), {"residual": torch.randn(2, 4, 9, 9)}, ValueError, r"residual must have the output's shape \(2, 4, 7, 7\), got \(2, 4, 9, 9\)"),
-    ((X, W, B), {"residual": torch.randn(2, 4, 7, 7).double()}, TypeError, r"residual must have x's dtype"),
-    ((X, W, B), {"residual": torch.empty(2, 4, 7, 7, device="meta")}, ValueError, r"residual must be on x's device cpu"),
-    ((X, W, B), {"stride": 0}, ValueError, r"stride >= 1"),
-    ((X, W, B), {"stride": (1, 2, 3)}, TypeError, r"stride must be an int or a pair of ints"),
-    ((X, W, B), {"groups": 3}, ValueError, r"groups=3"),
-    ((X, torch.randn(4, 8, 11, 11), B), {}, ValueError, r"smaller than the kernel"),
-    ((X, W, B), {"backend": "mkl"}, ValueError, r"backend must be one of"),
-])
-def test_bad_input(args, kwargs, exc, pattern):
-    with pytest.raises(exc, match=pattern):
-        fpnops.conv_bn_act(*args, **kwargs)
+@pytest.mark.skipif("triton" not in backends_for("cpu"), reason="needs Triton's interpreter")
+def test_triton_routes_what_it_cannot_compute(monkeypatch):
+    """The Triton kernel computes 1x1 convs without padding or groups; others go to native with
+    the right answer (it used to ignore padding: 5x5 instead of 7x7)."""
+    calls = []
+    real = torch.ops.fpnops.conv1x1_bn_act_triton
+    monkeypatch.setattr(torch.ops.fpnops, "conv1x1_bn_act_triton",
+                        lambda *a: calls.append(1) or real(*a))
+    x, b = torch.randn(1, 4, 5, 5), torch.randn(8)
+    for w, kwargs, shape, triton in [
+            (torch.randn(8, 4, 1, 1), {"padding": 1}, (1, 8, 7, 7), False),
+            (torch.randn(8, 4, 1, 1), {"padding": (0, 2)}, (1, 8, 5, 9), False),
+            (torch.randn(8, 2, 1, 1), {"groups": 2}, (1, 8, 5, 5), False),
+            (torch.randn(8, 4, 3, 3), {}, (1, 8, 3, 3), False),
+            (torch.randn(8, 4, 1, 1), {"stride": 2, "dilation": 3}, (1, 8, 3, 3), True),
+            (torch.randn(8, 4, 1, 1), {}, (1, 8, 5, 5), True)]:
+        r = torch.randn(shape)
+        calls.clear()
+        out = fpnops.conv_bn_act(x, w, b, residual=r, backend="triton", **kwargs)
+        assert out.shape == shape and bool(calls) == triton, (kwargs, out.shape, calls)
+        assert rel_err(out, conv_bn_act_reference(x, w, b, residual=r, **kwargs)) < 1e-5, kwargs
 
 
-def test_direct_op_call_is_checked_in_cpp():
-    with pytest.raises(RuntimeError, match=r"x has 8 channels"):
-        torch.ops.fpnops.conv_bn_act(X, torch.randn(4, 6, 3, 3), B, [1, 1], [0, 0], [1, 1], 1, None, True)
-    with pytest.raises(RuntimeError, match=r"residual must have the output's shape"):
-        torch.ops.fpnops.conv_bn_act(X, W, B, [1, 1], [0, 0], [1, 1], 1, torch.randn(2, 4, 9, 9), True)
+def eager_masks(x, w, b, r, relu, **kwargs):
+    """Eager's NaN, +inf and -inf masks, in float32 for the half types."""
+    up = [t.float() if t is not None and t.dtype in (torch.float16, torch.bfloat16) else t
+          for t in (x, w, b, r)]
+    ref = conv_bn_act_reference(*up[:3], residual=up[3], relu=relu, **kwargs)
+    return ref.isnan(), ref.isposinf(), ref.isneginf()
+
+
+NUMPY_NAN_WARNINGS = pytest.mark.filterwarnings(  # Triton's interpreter computes in numpy
+    "ignore:(invalid value|overflow) encountered:RuntimeWarning")
+
+
+@NUMPY_NAN_WARNINGS
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("k", [1, 3])
+def test_nan_and_inf_propagate_as_in_eager(dtype, k):
+    """relu(NaN) = NaN, relu(inf) = inf, relu(-inf) = 0 on every backend (native and Triton used
+    to turn NaN into 0: oneDNN's ReLU post-op and tl.maximum drop it)."""
+    nan, inf = float("nan"), float("inf")
+    x = torch.randn(2, 5, 9, 11, dtype=dtype)
+    x[0, 1, 4, 4], x[1, 2, 0, 7], x[1, 4, 8, 1] = nan, inf, -inf
+    w = torch.randn(6, 5, k, k, dtype=dtype) / (5 * k * k) ** 0.5
+    b = torch.randn(6, dtype=dtype)
+    b_bad = b.clone()
+    b_bad[1], b_bad[3], b_bad[4] = nan, inf, -inf
+    r = torch.randn(2, 6, 9, 11, dtype=dtype)
+    r[0, 0, 1, 1], r[1, 5, 2, 2], r[0, 3, 7, 9] = nan, inf, -inf
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        for xx, bb, rr in ((x, b, None), (x, b, r), (x.nan_to_num(0, 0, 0), b_bad, None),
+                           (x.nan_to_num(0, 0, 0), b, r)):
+            xx = xx.contiguous(memory_format=fmt)
+            for relu in (True, False):
+                want = eager_masks(xx, w, bb, rr, relu, padding=k // 2)
+                assert want[0].any()
+                for backend in backends_for("cpu"):
+                    out = fpnops.conv_bn_act(xx, w, bb, padding=k // 2, residual=rr, relu=relu,
+                                             backend=backend)
+                    got = (out.isnan(), out.isposinf(), out.isneginf())
+                    for name, g, e in zip(("nan", "+inf", "-inf"), got, want):
+                        assert torch.equal(g, e), (backend, relu, rr is not None, name,
+                                                   g.sum().item(), e.sum().item())
+
+
+@NUMPY_NAN_WARNINGS
+def test_relu_of_a_negative_is_plus_zero():
+    """As eager: relu(negative) = +0.0 (not -0.0) on every backend and path (fused post-op,
+    and our epilogue where a NaN forces it)."""
+    x, w, b = torch.randn(1, 4, 6, 7), torch.randn(8, 4, 1, 1), torch.randn(8)
+    x_nan = x.clone()
+    x_nan[0, 0, 0, 0] = float("nan")
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        for xx in (x, x_nan):
+            for backend in backends_for("cpu"):
+                out = fpnops.conv_bn_act(xx.to(dtype), w.to(dtype), b.to(dtype), backend=backend)
+                zeros = out == 0
+                assert zeros.sum() > 10 and not out[zeros].signbit().any(), (dtype, backend)
+
+
+@NUMPY_NAN_WARNINGS
+def test_huge_finite_inputs():
+    """Inputs whose bound reaches past 1e30 skip oneDNN's fused ReLU; the answer is eager's,
+    inf where the convolution overflows."""
+    x = torch.randn(1, 3, 6, 5) * 1e18
+    w = torch.randn(4, 3, 3, 3) * 1e15
+    b = torch.randn(4)
+    for backend in backends_for("cpu"):
+        out = fpnops.conv_bn_act(x, w, b, padding=1, backend=backend)
+        assert rel_err(out, conv_bn_act_reference(x.double(), w.double(), b.double(), 1, 1)) < 1e-5
+    x = torch.full((1, 2, 3, 3), 3e38)
+    w = torch.ones(2, 2, 1, 1)
+    w[1] = -1
+    for backend in backends_for("cpu"):
+        out = fpnops.conv_bn_act(x, w, None, backend=backend)
+        assert out[0, 0].isposinf().all() and (out[0, 1] == 0).all(), backend
+
+
+def test_autocast_cpu():
+    """Under CPU autocast conv_bn_act computes as F.conv2d does there: in bfloat16 (it returned
+    float32). float64 tensors are left alone, as autocast does."""
+    x, w, b = torch.randn(2, 4, 9, 9), torch.randn(8, 4, 3, 3), torch.randn(8)
+    r = torch.randn(2, 8, 9, 9)
+    for backend in backends_for("cpu"):
+        for dtype in (torch.bfloat16, torch.float16):
+            with torch.autocast("cpu", dtype=dtype):
+                eager = F.conv2d(x, w, b, padding=1)
+                out = fpnops.conv_bn_act(x, w, b, padding=1, residual=r, backend=backend)
+                out64 = fpnops.conv_bn_act(x.double(), w.double(), b.double(), padding=1,
+                                           backend=backend)
+            assert eager.dtype == out.dtype == dtype and out64.dtype == torch.float64
+            want = fpnops.conv_bn_act(x.to(dtype), w.to(dtype), b.to(dtype), padding=1,
+                                      residual=r.to(dtype), backend=backend)
+            assert torch.equal(out, want), backend
+        xg = x.clone().requires_grad_()
+        with torch.autocast("cpu"):
+            out = fpnops.conv_bn_act(xg, w, b, padding=1, backend=backend)
+        out.float().sum().backward()
+        assert xg.grad.dtype == torch.float32 and xg.grad.abs().sum() > 0
+
+
+def test_autocast_under_compile():
+    x, w, b = torch.randn(1, 4, 7, 7), torch.randn(8, 4, 3, 3), torch.randn(8)
+
+    def fn(x, w, b):
+        with torch.autocast("cpu"):
+            return fpnops.conv_bn_act(x, w, b, padding=1)
+
+    torch._dynamo.reset()
+    out = torch.compile(fn, fullgraph=True)(x, w, b)
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out, fn(x, w, b)) < 1e-2
+
+
+def test_nan_anywhere_in_a_large_weight():
+    """The weight's bound is a parallel reduction over output channels: a NaN in any of them
+    (first, middle, last chunk) must keep oneDNN's ReLU post-op off."""
+    x = torch.randn(1, 64, 5, 6).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(512, 64, 3, 3) / 24
+    for co in (0, 300, 511):
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            wn = w.clone()
+            wn[co, 17, 1, 1] = float("nan")  # the centre tap: never over the padding
+            wn = wn.contiguous(memory_format=fmt)
+            out = fpnops.conv_bn_act(x, wn, None, padding=1, backend="native")
+            assert out[:, co].isnan().all() and not out[:, :co].isnan().any(), (co, fmt)
+            assert not out[:, co + 1:].isnan().any()

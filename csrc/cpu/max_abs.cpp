@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "cpu_dispatch.h"
+#include "max_abs.h"
 
 #define CPU_CAPABILITY DEFAULT
 #include "max_abs_kernel.h"
@@ -28,5 +29,9 @@ double max_abs_cpu(const at::Tensor& x) {
 }
 
 TORCH_LIBRARY_IMPL(fpnops, CPU, m) { m.impl("max_abs", &max_abs_cpu); }
+
+// Only so that a sparse or mkldnn x gets the check's message rather than the dispatcher's.
+TORCH_LIBRARY_IMPL(fpnops, SparseCPU, m) { m.impl("max_abs", &max_abs_cpu); }
+TORCH_LIBRARY_IMPL(fpnops, MkldnnCPU, m) { m.impl("max_abs", &max_abs_cpu); }
 
 }  // namespace fpnops

@@ -1,12 +1,12 @@
-// conv_bn_act on CUDA: cuDNN's fused convolution (conv + bias + ReLU, and + residual) where it
-// applies; otherwise cuDNN's convolution without bias and our epilogue kernel (bias + residual
-// + ReLU, one pass, 16-byte vectors, NCHW or NHWC).
+// conv_bn_act on CUDA: cuDNN's convolution without bias, then our epilogue kernel (bias +
+// residual + ReLU, one pass, 16-byte vectors, NCHW or NHWC). Not cuDNN's fused
+// conv-bias-(add-)ReLU (at::cudnn_convolution_relu / _add_relu): nothing shows that its ReLU
+// keeps NaN (eager's does), and its engines are not available for every case (it threw, and a
+// try/catch per call is no path for a hot loop).
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/ops/convolution.h>
-#include <ATen/ops/cudnn_convolution_add_relu.h>
-#include <ATen/ops/cudnn_convolution_relu.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -18,7 +18,8 @@
 namespace fpnops {
 namespace {
 
-// y = relu(y + bias[c] + residual), in place; y and residual dense in the same layout. V
+// y = relu(y + bias[c] + residual), in place, relu as eager's (v < 0 ? 0 : v: NaN stays NaN,
+// -0.0 stays -0.0); y and residual dense in the same layout. V
 // consecutive elements share a channel (NCHW, HW % V == 0) or hold V consecutive channels
 // (NHWC, C % V == 0).
 template <typename scalar_t, int V, bool CHANNELS_LAST>
@@ -38,7 +39,7 @@ __global__ void epilogue_kernel(scalar_t* __restrict__ y, const scalar_t* __rest
       opmath_t v = static_cast<opmath_t>(o.v[k]);
       if (bias) v += static_cast<opmath_t>(bias[c]);
       if (res) v += static_cast<opmath_t>(r.v[k]);
-      if (relu) v = v > opmath_t(0) || v != v ? v : opmath_t(0);
+      if (relu && v < opmath_t(0)) v = opmath_t(0);
       o.v[k] = static_cast<scalar_t>(v);
     }
     *reinterpret_cast<Pack<scalar_t, V>*>(y + i0) = o;
@@ -81,26 +82,14 @@ at::Tensor conv_bn_act_cuda(const at::Tensor& x, const at::Tensor& weight,
   TORCH_CHECK(x.is_cuda(), "conv_bn_act (CUDA kernel): expected CUDA tensors, got ", x.device());
   const c10::cuda::CUDAGuard guard(x.device());
   const auto fmt = x.suggest_memory_format();  // the output's layout
-  const auto res = checked_residual(x, weight, bias, stride, padding, dilation, groups, residual, fmt);
-  const auto dtype = x.scalar_type();
-  const bool cudnn_fusable = relu && at::globalContext().userEnabledCuDNN() && x.numel() > 0 &&
-                             (dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16);
-  if (cudnn_fusable) {
-    try {
-      at::Tensor out = res.has_value()
-          ? at::cudnn_convolution_add_relu(x.contiguous(fmt), weight.contiguous(fmt), *res, 1, bias,
-                                           stride, padding, dilation, groups)
-          : at::cudnn_convolution_relu(x.contiguous(fmt), weight.contiguous(fmt), bias, stride,
-                                       padding, dilation, groups);
-        return out.contiguous(fmt);
-    } catch (const c10::Error&) {
-      // cuDNN found no fused engine for this case: the unfused path below is always correct.
-    }
-  }
+  const auto res = checked_residual("conv_bn_act", x, weight, /*packed_weight=*/false, bias, stride,
+                                    padding, dilation, groups, residual, fmt);
   at::Tensor out = at::convolution(x, weight, std::nullopt, stride, padding, dilation, false,
                                    {0, 0}, groups).contiguous(fmt);
   if (out.numel() > 0 && (bias.has_value() || res.has_value() || relu)) {
-    launch_epilogue(out, bias, res, relu);
+    std::optional<at::Tensor> b;  // the kernel reads bias[c]: dense
+    if (bias.has_value()) b = bias->contiguous();
+    launch_epilogue(out, b, res, relu);
   }
   return out;
 }

@@ -5,6 +5,9 @@ Ops: fpnops::conv_bn_act (native: csrc/cpu/conv_bn_act.cpp, csrc/cuda/conv_bn_ac
 fpnops::conv1x1_bn_act_triton (fpnops/triton/conv_bn_act.py, 1x1 convs only). This file holds
 the Python face, the shared checks, the fake kernels and the autograd formulas.
 """
+import operator
+from collections.abc import Mapping, Set
+
 import torch
 import torch.nn.functional as F
 
@@ -14,11 +17,40 @@ from torch._prims_common import suggest_memory_format
 _FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _pair(name, v):
-    pair = (v, v) if isinstance(v, int) else tuple(v)
-    if len(pair) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in pair):
-        raise TypeError(f"conv_bn_act: {name} must be an int or a pair of ints, got {v!r}")
-    return pair
+def _int(v):
+    """v as an int: an int or integer-like with __index__ (numpy ints, 0-d integer tensors), not
+    a bool; else TypeError."""
+    if isinstance(v, bool) or (isinstance(v, torch.Tensor) and v.dtype == torch.bool):
+        raise TypeError("a bool is not an int")
+    return operator.index(v)
+
+
+def _pair(name, v, who="conv_bn_act"):
+    """(a, b) of plain ints from an int-like or a pair of them; TypeError/ValueError naming
+    `name` and what came (floats, bools, strings, other lengths)."""
+    def bad(exc, why):
+        return exc(f"{who}: {name} must be an int or a pair of ints, got {v!r} ({why})")
+
+    if isinstance(v, (tuple, list)):  # the common case first, without exceptions (tracing)
+        items = tuple(v)
+    else:
+        try:
+            i = _int(v)
+            return (i, i)
+        except TypeError:
+            pass
+        if isinstance(v, (str, bytes, Mapping, Set)):
+            raise bad(TypeError, type(v).__name__)
+        try:
+            items = tuple(v)  # numpy arrays, 1-D tensors
+        except TypeError:
+            raise bad(TypeError, type(v).__name__) from None
+    if len(items) != 2:
+        raise bad(ValueError, f"{len(items)} values")
+    try:
+        return tuple(_int(i) for i in items)
+    except TypeError:
+        raise bad(TypeError, "elements " + ", ".join(type(i).__name__ for i in items)) from None
 
 
 def output_shape(x, weight, stride, padding, dilation):
@@ -29,42 +61,76 @@ def output_shape(x, weight, stride, padding, dilation):
     return (n, weight.shape[0], oh, ow)
 
 
+def _check_tensor(who, name, t, optional):
+    """A strided (dense, not nested) tensor, or None where `optional`."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{who}: {name} must be a torch.Tensor{' or None' if optional else ''}, "
+                        f"got {type(t).__name__}")
+    if t.is_nested or t.layout != torch.strided:
+        raise TypeError(f"{who}: {name} must be a strided (dense) tensor, got "
+                        f"{'a nested tensor' if t.is_nested else t.layout}")
+
+
+def _check_like_x(who, name, t, x):
+    if t.dtype != x.dtype:
+        raise TypeError(f"{who}: {name} must have x's dtype {x.dtype}, got {t.dtype}")
+    if t.device != x.device:
+        raise ValueError(f"{who}: {name} must be on x's device {x.device}, got {t.device}")
+
+
 def check_inputs(x, weight, bias, stride, padding, dilation, groups, residual, who="conv_bn_act"):
     """The checks every backend shares; errors name the argument, the expected and what came.
-    `who` opens every message (the fused modules pass their own name and the conv's)."""
+    `who` opens every message (the fused modules pass their own name and the conv's).
+    stride/padding/dilation: ints or pairs of ints; groups: an int. Returns them as
+    (stride, padding, dilation, groups), pairs and an int."""
+    _check_tensor(who, "x", x, False)
+    _check_tensor(who, "weight", weight, False)
     for name, t in (("x", x), ("weight", weight)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{who}: {name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 4:
             raise ValueError(f"{who}: {name} must be 4-D, got {t.dim()}-D with shape {tuple(t.shape)}")
     if x.dtype not in _FLOATING:
         raise TypeError(f"{who}: expected a floating dtype, got x {x.dtype}")
-    if any(s < 1 for s in stride) or any(p < 0 for p in padding) or any(d < 1 for d in dilation):
-        raise ValueError(f"{who}: need stride >= 1, padding >= 0, dilation >= 1, got "
-                         f"stride={stride}, padding={padding}, dilation={dilation}")
-    if not isinstance(groups, int) or groups < 1 or x.shape[1] != weight.shape[1] * groups \
-            or weight.shape[0] % groups:
+    stride, padding, dilation = (_pair(n, v, who) for n, v in
+                                 (("stride", stride), ("padding", padding), ("dilation", dilation)))
+    try:
+        groups = _int(groups)
+    except TypeError:
+        raise TypeError(f"{who}: groups must be an int, got {groups!r}") from None
+    for name, v, low in (("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1)):
+        if min(v) < low:
+            raise ValueError(f"{who}: {name} must be >= {low}, got {name}={v}")
+    if groups < 1:
+        raise ValueError(f"{who}: groups must be >= 1, got groups={groups}")
+    _check_like_x(who, "weight", weight, x)
+    cout, cin_g, kh, kw = weight.shape
+    if cout < 1:
+        raise ValueError(f"{who}: weight must have at least 1 output channel, got shape "
+                         f"{tuple(weight.shape)}")
+    if cout % groups:
+        raise ValueError(f"{who}: weight has {cout} output channels, not divisible by "
+                         f"groups={groups}")
+    if x.shape[1] != cin_g * groups:
         raise ValueError(f"{who}: x has {x.shape[1]} channels, weight {tuple(weight.shape)} "
-                         f"with groups={groups} expects {weight.shape[1] * groups if isinstance(groups, int) else '?'}"
-                         f" (and out channels divisible by groups)")
-    others = [("weight", weight)] + ([("bias", bias)] if bias is not None else []) + \
-             ([("residual", residual)] if residual is not None else [])
-    for name, t in others:
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{who}: {name} must be a torch.Tensor or None, got {type(t).__name__}")
-        if t.dtype != x.dtype:
-            raise TypeError(f"{who}: {name} must have x's dtype {x.dtype}, got {t.dtype}")
-        if t.device != x.device:
-            raise ValueError(f"{who}: {name} must be on x's device {x.device}, got {t.device}")
-    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(f"{who}: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+                         f"with groups={groups} expects {cin_g * groups}")
+    if kh < 1 or kw < 1:
+        raise ValueError(f"{who}: weight must have a kernel of at least 1x1, got shape "
+                         f"{tuple(weight.shape)}")
+    if bias is not None:
+        _check_tensor(who, "bias", bias, True)
+        _check_like_x(who, "bias", bias, x)
+        if tuple(bias.shape) != (cout,):
+            raise ValueError(f"{who}: bias must have shape ({cout},), got {tuple(bias.shape)}")
     out = output_shape(x, weight, stride, padding, dilation)
     if out[2] < 1 or out[3] < 1:
         raise ValueError(f"{who}: x {tuple(x.shape)} is smaller than the kernel "
-                         f"{tuple(weight.shape[-2:])} (padding={padding}, dilation={dilation})")
-    if residual is not None and tuple(residual.shape) != out:
-        raise ValueError(f"{who}: residual must have the output's shape {out}, got "
-                         f"{tuple(residual.shape)}")
+                         f"{(kh, kw)} (padding={padding}, dilation={dilation})")
+    if residual is not None:
+        _check_tensor(who, "residual", residual, True)
+        _check_like_x(who, "residual", residual, x)
+        if tuple(residual.shape) != out:
+            raise ValueError(f"{who}: residual must have the output's shape {out}, got "
+                             f"{tuple(residual.shape)}")
+    return stride, padding, dilation, groups
 
 
 def conv_bn_act_reference(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
@@ -76,8 +142,19 @@ def conv_bn_act_reference(x, weight, bias=None, stride=1, padding=0, dilation=1,
     return F.relu(y) if relu else y
 
 
-def _triton_applies(weight, stride, groups):
-    return weight.shape[-2:] == (1, 1) and groups == 1
+def _triton_applies(weight, stride, padding, dilation, groups):
+    """What the Triton kernel computes: a 1x1 conv (any stride; dilation has no effect on a 1x1
+    kernel), no padding, no groups. Dtypes (the four floating ones) and layouts (any strides)
+    it takes all."""
+    return tuple(weight.shape[-2:]) == (1, 1) and groups == 1 and padding == (0, 0)
+
+
+def _autocast_dtype(x):
+    """The autocast dtype where autocast is on for x's device type, else None."""
+    kind = x.device.type
+    if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return None
 
 
 def conv_bn_act(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
@@ -87,22 +164,49 @@ def conv_bn_act(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups
     Args:
         x: (N, Cin, H, W) input, NCHW or channels_last.
         weight, bias: the conv's (already BatchNorm-folded, see fold_conv_bn) parameters.
-        stride, padding, dilation, groups: as F.conv2d.
+        stride, padding, dilation, groups: as F.conv2d (ints or pairs of ints; no padding
+            strings).
         residual: optional tensor of the output's shape added before the ReLU.
-        relu: apply the ReLU (False: conv + bias (+ residual) only).
+        relu: apply the ReLU (False: conv + bias (+ residual) only). As eager's: NaN stays NaN,
+            relu(+inf) = inf, relu(-inf) = 0, on every backend.
         backend: "auto" (native where compiled for the device, else triton on CUDA for 1x1
-            convs, else "torch"), "native", "triton" (1x1 convs; others fall back to native or
-            torch) or "torch".
+            convs, else "torch"), "native", "triton" (1x1 convs without padding or groups;
+            others run on native, else torch) or "torch".
+
+    Under autocast for x's device type, computes like F.conv2d does there: x, weight, bias and
+    residual (those of a floating dtype other than float64) cast to the autocast dtype, the
+    result in it.
 
     Returns:
         (N, Cout, Ho, Wo) tensor in x's memory format. Differentiable with respect to x,
         weight, bias and residual.
     """
-    stride, padding, dilation = (_pair(n, v) for n, v in
-                                 (("stride", stride), ("padding", padding), ("dilation", dilation)))
-    check_inputs(x, weight, bias, stride, padding, dilation, groups, residual)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"conv_bn_act: x must be a torch.Tensor, got {type(x).__name__}")
+    if not isinstance(relu, bool):
+        raise TypeError(f"conv_bn_act: relu must be a bool, got {relu!r}")
+    _backend.check("conv_bn_act", backend)
+    dtype = _autocast_dtype(x)
+    if dtype is None:
+        return _conv_bn_act(x, weight, bias, stride, padding, dilation, groups, residual, relu,
+                            backend)
+    kind = x.device.type
+
+    def cast(t):  # autocast's rule: floating tensors of its device, float64 left alone
+        eligible = (isinstance(t, torch.Tensor) and t.is_floating_point() and
+                    t.dtype != torch.float64 and t.device.type == kind)
+        return t.to(dtype) if eligible else t
+
+    with torch.autocast(kind, enabled=False):
+        return _conv_bn_act(cast(x), cast(weight), cast(bias), stride, padding, dilation, groups,
+                            cast(residual), relu, backend)
+
+
+def _conv_bn_act(x, weight, bias, stride, padding, dilation, groups, residual, relu, backend):
+    stride, padding, dilation, groups = check_inputs(x, weight, bias, stride, padding, dilation,
+                                                     groups, residual)
     backend = _backend.resolve("conv_bn_act", backend, x.device)
-    if backend == "triton" and not _triton_applies(weight, stride, groups):
+    if backend == "triton" and not _triton_applies(weight, stride, padding, dilation, groups):
         backend = "native" if _backend.native_runs_on(x.device.type) else "torch"
     if backend == "torch":
         return conv_bn_act_reference(x, weight, bias, stride, padding, dilation, groups, residual, relu)
@@ -121,6 +225,7 @@ def _empty_output(x, weight, stride, padding, dilation):
 
 @torch.library.register_fake("fpnops::conv_bn_act")
 def _conv_bn_act_fake(x, weight, bias, stride, padding, dilation, groups, residual, relu):
+    check_inputs(x, weight, bias, stride, padding, dilation, groups, residual)  # as the kernels
     return _empty_output(x, weight, stride, padding, dilation)
 
 
@@ -165,4 +270,5 @@ if _backend.TRITON_IMPORTABLE:
     if _triton_kernels.INTERPRETING:
         @torch.library.register_fake("fpnops::conv1x1_bn_act_triton")
         def _conv1x1_fake(x, weight, bias, stride, residual, relu):
+            _triton_kernels.check_args(x, weight, bias, stride, residual)
             return _empty_output(x, weight, stride, [0, 0], [1, 1])

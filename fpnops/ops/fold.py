@@ -27,6 +27,15 @@ def fold_conv_bn(conv, bn):
     if not isinstance(conv, nn.Conv2d):
         raise TypeError(f"fold_conv_bn: conv must be nn.Conv2d, got {type(conv).__name__}")
     gamma, beta, mean, var, eps = _bn_tensors(bn)
+    for name, module, tensors in (("conv", conv, (conv.weight, conv.bias)),
+                                  ("bn", bn, (gamma, beta, mean, var))):
+        if any(isinstance(t, nn.parameter.UninitializedTensorMixin) for t in tensors):
+            raise ValueError(f"fold_conv_bn: {name} ({type(module).__name__}) has uninitialized "
+                             f"(lazy) parameters or buffers; run a forward pass first")
+    devices = {t.device for t in (gamma, beta, mean, var) if t is not None}
+    if devices - {conv.weight.device}:
+        raise ValueError(f"fold_conv_bn: bn must be on conv's device {conv.weight.device}, got "
+                         f"{', '.join(sorted(map(str, devices)))}")
     c = conv.out_channels
     if mean.numel() != c:
         raise ValueError(f"fold_conv_bn: bn has {mean.numel()} channels but conv has "

@@ -3,6 +3,8 @@
 out[m, co] = relu(sum_ci x[m, ci] * w[co, ci] + bias[co] + residual[m, co]),  m = (n, oh, ow)
 x[m, ci] reads pixel (n, oh * stride_h, ow * stride_w): any layout works through the strides;
 channels_last (ci contiguous) is the fast one. Accumulation in float32 (float64 for float64).
+No padding and no groups: fpnops.conv_bn_act routes those to another backend. ReLU as eager's
+(x < 0 ? 0 : x): NaN and +inf pass, -inf gives 0, -0.0 stays -0.0.
 """
 import os
 
@@ -54,18 +56,28 @@ def _conv1x1_kernel(x_ptr, w_ptr, b_ptr, r_ptr, out_ptr, M, CIN, COUT, HO, WO,
     if HAS_RES:
         r_off = (n * rs_n + oh * rs_h + ow * rs_w)[:, None] + co[None, :] * rs_c
         acc += tl.load(r_ptr + r_off, mask=mask, other=0.0).to(acc_ty)
-    if RELU:
-        acc = tl.maximum(acc, 0.0)
+    if RELU:  # not tl.maximum, which may drop NaN (fmax on GPUs)
+        acc = tl.where(acc < 0, 0.0, acc)
     o_off = (n * os_n + oh * os_h + ow * os_w)[:, None] + co[None, :] * os_c
     tl.store(out_ptr + o_off, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def check_args(x, weight, bias, stride, residual):
+    """conv_bn_act's checks, for direct calls of the op: a 1x1 conv, no padding, no groups."""
+    from fpnops.ops.conv_bn_act import check_inputs  # here: that module imports this one
+    check_inputs(x, weight, bias, stride, 0, 1, 1, residual, who="conv1x1_bn_act_triton")
+    if tuple(weight.shape[-2:]) != (1, 1):
+        raise ValueError(f"conv1x1_bn_act_triton: weight must be 1x1, got {tuple(weight.shape)}")
 
 
 @_define_op("fpnops::conv1x1_bn_act_triton", mutates_args=())
 def conv1x1_bn_act_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                           stride: list[int], residual: torch.Tensor | None,
                           relu: bool) -> torch.Tensor:
+    check_args(x, weight, bias, stride, residual)
     n, cin, h, w = x.shape
     cout = weight.shape[0]
+    bias = bias.contiguous() if bias is not None else None  # read as bias[co]
     ho, wo = (h - 1) // stride[0] + 1, (w - 1) // stride[1] + 1
     out = torch.empty((n, cout, ho, wo), dtype=x.dtype, device=x.device,
                       memory_format=suggest_memory_format(x))
