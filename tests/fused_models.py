@@ -52,28 +52,6 @@ def same_state(fused, eager):
     return eager
 
 
-def op_nan_safe():
-    """Whether the public conv_bn_act keeps NaN through its ReLU in float32 and bfloat16 (the
-    conv helper's change)."""
-    for dtype in (torch.float32, torch.bfloat16):
-        x = torch.randn(1, 2, 3, 3, dtype=dtype)
-        x[0, 0, 1, 1] = float("nan")
-        y = fpnops.conv_bn_act(x, torch.randn(2, 2, 1, 1, dtype=dtype), None)
-        if not y[0, :, 1, 1].isnan().all():
-            return False
-    return True
-
-
-def op_autocast_aware():
-    """Whether the public conv_bn_act follows CPU autocast (the conv helper's change)."""
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            y = fpnops.conv_bn_act(torch.randn(1, 2, 3, 3), torch.randn(2, 2, 1, 1), torch.randn(2))
-        return y.dtype == torch.bfloat16
-    except (TypeError, ValueError, RuntimeError):
-        return False
-
-
 def nonfinite_like(shape, seed, kinds=("nan", "inf", "-inf"), count=3):
     """A random input with `count` of each non-finite kind at random places."""
     g = torch.Generator().manual_seed(seed)

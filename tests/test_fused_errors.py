@@ -36,9 +36,9 @@ X8 = "torch.randn(1, 8, 9, 9)"
 # (id, forward code with {grad}, exception, message regex): each runs with grad False and True
 FORWARD = [
     ("stride 0 (was SIGFPE)", f"run(seq(nn.Conv2d(8, 8, 1, stride=0, bias=False), nn.BatchNorm2d(8)), {X8}, {{grad}})",
-     "ValueError", r"FusedConvBNAct\.0: .*stride >= 1.*stride=\(0, 0\)"),
+     "ValueError", r"FusedConvBNAct\.0: stride must be >= 1, got stride=\(0, 0\)"),
     ("stride 0 in a block", f"b = bottleneck(); b.conv2.stride = (0, 0); run(b, {X16}, {{grad}})",
-     "ValueError", r"FusedBottleneck\.conv2: .*stride >= 1.*stride=\(0, 0\)"),
+     "ValueError", r"FusedBottleneck\.conv2: stride must be >= 1, got stride=\(0, 0\)"),
     ("wrong channel count", f"run(bottleneck(), {X8}, {{grad}})",
      "ValueError", r"FusedBottleneck\.conv1: x has 8 channels, conv1 expects 16"),
     ("wrong channel count, stem", "m = fpnops.fuse(__import__('torchvision').models.resnet18().eval()); "
@@ -61,7 +61,7 @@ FORWARD = [
     ("smaller than the kernel, block", "run(basic(padding=(0, 0)), torch.randn(1, 8, 2, 2), {grad})",
      "ValueError", r"FusedBasicBlock\.conv1: .*smaller than the kernel \(3, 3\)"),
     ("negative padding", f"run(basic(padding=(-1, -1)), {X8}, {{grad}})",
-     "ValueError", r"FusedBasicBlock\.conv1: .*padding >= 0.*padding=\(-1, -1\)"),
+     "ValueError", r"FusedBasicBlock\.conv1: padding must be >= 0, got padding=\(-1, -1\)"),
     ("groups changed", f"run(basic(groups=3), {X8}, {{grad}})",
      "ValueError", r"FusedBasicBlock\.conv1: x has 8 channels, conv1 expects 24"),
     ("residual shape", f"b = basic(stride=(2, 2)); run(b, {X8}, {{grad}})",

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 from fused_models import (assert_same_nonfinite, basic_block, bottleneck, nonfinite_like,
-                          op_autocast_aware, op_nan_safe, randomize_bn)
+                          randomize_bn)
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import Bottleneck
 
@@ -64,9 +64,6 @@ def test_nonfinite_inputs_as_eager_no_grad(name, kinds, prepacked):
     torch.testing.assert_close(out, ref, rtol=0, atol=0, equal_nan=True)  # it ran eager's math
 
 
-@pytest.mark.xfail(not op_nan_safe(), strict=True,
-                   reason="the public conv_bn_act maps NaN to 0 in oneDNN's ReLU until the conv "
-                          "helper's NaN-safe op is merged")
 @pytest.mark.parametrize("name", ["bottleneck", "basic", "sequential"])
 def test_nonfinite_inputs_as_eager_autograd(name):
     ctor, shape = MODELS[name]
@@ -242,9 +239,6 @@ def test_layer_getter_keeps_requested_outputs(return_layers, prepacked):
 
 # --- autocast and dtypes -------------------------------------------------------------------------
 
-@pytest.mark.xfail(not op_autocast_aware(), strict=True,
-                   reason="the public conv_bn_act follows CPU autocast once the conv helper's "
-                          "branch is merged")
 @pytest.mark.parametrize("name", ["bottleneck", "basic", "sequential", "stem"])
 @pytest.mark.parametrize("in_dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_cpu_autocast_returns_what_eager_returns(name, in_dtype, prepacked):

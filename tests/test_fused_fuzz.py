@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 import torch.nn as nn
-from fused_models import assert_same_nonfinite, nonfinite_like, op_nan_safe
+from fused_models import assert_same_nonfinite, nonfinite_like
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -127,9 +127,6 @@ def test_nonfinite_inputs_no_grad(seed):
     _nonfinite_case(seed, autograd=False)
 
 
-@pytest.mark.xfail(not op_nan_safe(), strict=False,
-                   reason="autograd runs the public conv_bn_act, NaN-safe once the conv helper's "
-                          "branch is merged")
 @pytest.mark.parametrize("seed", range(8))
 def test_nonfinite_inputs_autograd(seed):
     _nonfinite_case(seed, autograd=True)

@@ -112,7 +112,8 @@ def _op(who, x, weight, bias, args, residual, relu, backend):
     except (ValueError, TypeError, RuntimeError) as e:
         if type(e) not in (ValueError, TypeError, RuntimeError):
             raise
-        raise type(e)(f"{who}: {e}") from e
+        msg = str(e).removeprefix("conv_bn_act: ")  # the module and conv name say it better
+        raise type(e)(f"{who}: {msg}") from e
 
 
 def _pair(cache, name, conv, bn):
