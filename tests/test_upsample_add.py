@@ -252,7 +252,11 @@ def test_generic_cpu_kernels_without_avx2(tmp_path):
                 torch.testing.assert_close(a, b, atol=1e-2, rtol=1e-2)
         print("generic ok")
     """)
-    env = {**__import__("os").environ, "ATEN_CPU_CAPABILITY": "default"}
+    import os
+    import pathlib
+    root = str(pathlib.Path(fpnops.__file__).resolve().parents[1])  # the fpnops under test
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default",
+           "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     # cwd away from the source tree: `python -c` imports from the working directory first.
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        cwd=tmp_path)
