@@ -55,16 +55,28 @@ struct NearestRule {
   float scale;         // nearest_scale<float>
   double scale_double; // nearest_scale<double>, for kGenericDouble
 
-  FPNOPS_HOST_DEVICE int64_t src(int64_t dst) const {
-    if ((kind == NearestKind::kNearestIdx || kind == NearestKind::kCuda) && out_size == in_size) {
+  // src(dst) under rule K, known at compile time (the CUDA kernels, which only use kCuda).
+  template <NearestKind K>
+  FPNOPS_HOST_DEVICE int64_t src_as(int64_t dst) const {
+    if ((K == NearestKind::kNearestIdx || K == NearestKind::kCuda) && out_size == in_size) {
       return dst;
     }
-    if (kind == NearestKind::kNearestIdx && out_size == 2 * in_size) return dst >> 1;
-    const float x = kind == NearestKind::kGenericDouble
+    if (K == NearestKind::kNearestIdx && out_size == 2 * in_size) return dst >> 1;
+    const float x = K == NearestKind::kGenericDouble
                         ? static_cast<float>(static_cast<double>(dst) * scale_double)
                         : static_cast<float>(dst) * scale;
     const int64_t s = static_cast<int64_t>(floorf(x));
     return s < in_size - 1 ? s : in_size - 1;
+  }
+
+  // src(dst) under this rule's kind (the CPU kernels tabulate it once per call).
+  FPNOPS_HOST_DEVICE int64_t src(int64_t dst) const {
+    switch (kind) {
+      case NearestKind::kNearestIdx: return src_as<NearestKind::kNearestIdx>(dst);
+      case NearestKind::kGenericFloat: return src_as<NearestKind::kGenericFloat>(dst);
+      case NearestKind::kGenericDouble: return src_as<NearestKind::kGenericDouble>(dst);
+      default: return src_as<NearestKind::kCuda>(dst);
+    }
   }
 };
 

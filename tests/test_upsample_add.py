@@ -430,3 +430,29 @@ def test_cuda_and_cpu_rules_differ_where_eager_does():
     grad = torch.randn(1, 1, 10, 10)  # rows: 10 -> 10 at 1.05 (all sizes equal would copy)
     assert not torch.equal(launch_backward_top(grad, 10, 5, 1.05, 2.0, rules="cuda"),
                            launch_backward_top(grad, 10, 5, 1.05, 2.0, rules="cpu"))
+
+
+def test_cpp_rules_match_the_python_twin_and_the_cuda_model():
+    """csrc/nearest_index.h (tabulated by fpnops::_nearest_rule_table) and fpnops/ops/_nearest.py
+    agree on every rule; their CUDA rules also agree with the model of ATen's CUDA source above,
+    which is how the C++ CUDA rules get run without a GPU."""
+    from fpnops.ops import _nearest
+
+    table = torch.ops.fpnops._nearest_rule_table
+    kinds = {"nearest_idx": _nearest.NEAREST_IDX, "generic_float": _nearest.GENERIC_FLOAT,
+             "generic_double": _nearest.GENERIC_DOUBLE, "cuda": _nearest.CUDA}
+    rng = np.random.default_rng(5)
+    cases = [(2, 122, None), (10, 10, 1.05), (10, 20, 2.05), (100, 100, 1.0000001), (100, 200, 2.001),
+             (3, 1, 1 / 3), (7, 3, 0.5), (1, 61, 61.0), (5, 10, None), (9, 4, None)]
+    cases += [(int(rng.integers(1, 80)), int(rng.integers(1, 200)), None) for _ in range(150)]
+    cases += [(i, max(1, math.floor(i * s)), s) for i, s in
+              ((int(rng.integers(1, 60)), float(rng.choice([rng.uniform(0.2, 5), rng.integers(2, 70)])))
+               for _ in range(150))]
+    for in_size, out_size, sf in cases:
+        for rule, kind in kinds.items():
+            ours = table(in_size, out_size, sf, rule)
+            assert torch.equal(ours, _nearest.nearest_source(in_size, out_size, sf, kind)), (rule, in_size, out_size, sf)
+        assert table(in_size, out_size, sf, "cuda").tolist() == cuda_model_source(in_size, out_size, sf)
+        back = table(in_size, out_size, sf, "cuda_backward")
+        assert back.tolist() == cuda_model_windows(in_size, out_size, sf)
+        assert torch.equal(back, _nearest.cuda_window_starts(in_size, out_size, sf))

@@ -2,6 +2,7 @@
 // The kernels: upsample_add_kernel.h (one pass, parallel over rows, vectorised adds), compiled
 // generic here and for AVX2 in kernels_avx2.cpp.
 #include <ATen/ops/add.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/upsample_nearest2d.h>
 #include <ATen/ops/upsample_nearest2d_backward.h>
 #include <torch/library.h>
@@ -89,11 +90,38 @@ at::Tensor upsample_add_backward_top_cpu(const at::Tensor& grad, int64_t top_h, 
   return gtop;
 }
 
+at::Tensor nearest_rule_table(int64_t in_size, int64_t out_size, std::optional<double> scale_factor,
+                              c10::string_view rule) {
+  TORCH_CHECK(in_size > 0 && out_size > 0, "_nearest_rule_table: in_size and out_size must be > 0, got ",
+              in_size, " and ", out_size);
+  if (rule == "cuda_backward") {
+    const auto windows = make_nearest_windows_cuda(in_size, out_size, scale_factor);
+    at::Tensor t = at::empty({in_size + 1}, at::kLong);
+    for (int64_t i = 0; i <= in_size; ++i) t.data_ptr<int64_t>()[i] = windows.start(i);
+    return t;
+  }
+  NearestKind kind;
+  if (rule == "nearest_idx") kind = NearestKind::kNearestIdx;
+  else if (rule == "generic_float") kind = NearestKind::kGenericFloat;
+  else if (rule == "generic_double") kind = NearestKind::kGenericDouble;
+  else if (rule == "cuda") kind = NearestKind::kCuda;
+  else TORCH_CHECK_VALUE(false, "_nearest_rule_table: unknown rule '", rule, "'");
+  const auto r = make_nearest_rule(in_size, out_size, scale_factor, kind);
+  at::Tensor t = at::empty({out_size}, at::kLong);
+  for (int64_t i = 0; i < out_size; ++i) t.data_ptr<int64_t>()[i] = r.src(i);
+  return t;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fpnops, CPU, m) {
   m.impl("upsample_add", &upsample_add_cpu);
   m.impl("upsample_add_backward_top", &upsample_add_backward_top_cpu);
+}
+
+// No tensor arguments: registered for every dispatch key.
+TORCH_LIBRARY_IMPL(fpnops, CompositeExplicitAutograd, m) {
+  m.impl("_nearest_rule_table", &nearest_rule_table);
 }
 
 }  // namespace fpnops

@@ -22,6 +22,7 @@ Strides4 strides_of(const at::Tensor& t) {
   return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
 }
 
+// The rules are eager's CUDA forward rule (kCuda, nearest_index.h), fixed at compile time.
 // Each thread handles V consecutive elements along the output's innermost dimension (W for
 // NCHW, C for channels_last). With V > 1 the lateral has the output's layout and both are
 // 16-byte aligned, so lateral and output move as one Pack; `top_packed` says the same of top
@@ -44,7 +45,7 @@ __global__ void upsample_add_kernel(scalar_t* __restrict__ out, const scalar_t* 
     } else {
       ow = i0; oh = rest % H; rest /= H; c = rest % C; n = rest / C;
     }
-    const int64_t ih = rh.src(oh);
+    const int64_t ih = rh.src_as<NearestKind::kCuda>(oh);
     Pack<scalar_t, V> l, t, o;
     if (V > 1) {
       l = *reinterpret_cast<const Pack<scalar_t, V>*>(lat + p * V);
@@ -52,7 +53,8 @@ __global__ void upsample_add_kernel(scalar_t* __restrict__ out, const scalar_t* 
       l.v[0] = lat[n * ls.n + c * ls.c + oh * ls.h + ow * ls.w];
     }
     if (CHANNELS_LAST) {
-      const scalar_t* tv = top + n * ts.n + ih * ts.h + rw.src(ow) * ts.w + c * ts.c;
+      const int64_t iw = rw.src_as<NearestKind::kCuda>(ow);
+      const scalar_t* tv = top + n * ts.n + ih * ts.h + iw * ts.w + c * ts.c;
       if (V > 1 && top_packed) {
         t = *reinterpret_cast<const Pack<scalar_t, V>*>(tv);
       } else {
@@ -62,7 +64,7 @@ __global__ void upsample_add_kernel(scalar_t* __restrict__ out, const scalar_t* 
     } else {
       const scalar_t* trow = top + n * ts.n + c * ts.c + ih * ts.h;
 #pragma unroll
-      for (int k = 0; k < V; ++k) t.v[k] = trow[rw.src(ow + k) * ts.w];
+      for (int k = 0; k < V; ++k) t.v[k] = trow[rw.src_as<NearestKind::kCuda>(ow + k) * ts.w];
     }
 #pragma unroll
     for (int k = 0; k < V; ++k) {
