@@ -450,8 +450,8 @@ def test_cpp_rules_match_the_python_twin_and_the_cuda_model():
                for _ in range(150))]
     for in_size, out_size, sf in cases:
         for rule, kind in kinds.items():
-            ours = table(in_size, out_size, sf, rule)
-            assert torch.equal(ours, _nearest.nearest_source(in_size, out_size, sf, kind)), (rule, in_size, out_size, sf)
+            twin = _nearest.nearest_source(in_size, out_size, sf, kind)
+            assert torch.equal(table(in_size, out_size, sf, rule), twin), (rule, in_size, out_size, sf)
         assert table(in_size, out_size, sf, "cuda").tolist() == cuda_model_source(in_size, out_size, sf)
         back = table(in_size, out_size, sf, "cuda_backward")
         assert back.tolist() == cuda_model_windows(in_size, out_size, sf)

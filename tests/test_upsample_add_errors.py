@@ -2,7 +2,6 @@
 raise a ValueError/TypeError/RuntimeError naming the argument, what was expected and what came,
 never crash, hang or answer. Through the Python face on every backend, through the compiled and
 Triton ops called directly, and through FusedFPN."""
-import pytest
 from helpers import assert_bad_inputs, backends_for
 
 import fpnops
@@ -161,36 +160,30 @@ FUSED_FPN = [
 ]
 
 
-@pytest.mark.parametrize("backend", backends_for("cpu"))
-def test_python_face_bad_inputs(backend):
-    assert_bad_inputs([(case_id, f"fpnops.upsample_add({args}, backend={backend!r})", exc, pattern)
+# One child interpreter per test (starting one costs seconds): every backend, every op in it.
+
+def test_python_face_bad_inputs():
+    assert_bad_inputs([(f"{backend}: {case_id}", f"fpnops.upsample_add({args}, backend={backend!r})", exc, pattern)
+                       for backend in backends_for("cpu")
                        for case_id, args, exc, pattern in FACE], setup=SETUP)
 
 
 def test_backend_argument_bad_inputs():
     cases = list(BACKEND_ARG)
-    if fpnops.backends()["triton"]:
-        cases.append(TRITON_WITHOUT_INTERPRETER)
     if not fpnops.backends()["cuda"]:
         cases.append(NATIVE_CUDA_NOT_BUILT)
+    if fpnops.backends()["triton"]:
+        cases.append(TRITON_WITHOUT_INTERPRETER)  # last: it unsets TRITON_INTERPRET
     assert_bad_inputs(cases, setup=SETUP)
 
 
-@pytest.mark.parametrize("op", ["upsample_add", "upsample_add_triton"])
-def test_direct_forward_op_bad_inputs(op):
-    if op.endswith("triton") and "triton" not in backends_for("cpu"):
-        pytest.skip("Triton (interpreter) not available")
-    assert_bad_inputs([(case_id, f"torch.ops.fpnops.{op}({args})", exc, pattern)
-                       for case_id, args, exc, pattern in DIRECT_FORWARD],
-                      setup=SETUP)
-
-
-@pytest.mark.parametrize("op", ["upsample_add_backward_top", "upsample_add_backward_top_triton"])
-def test_direct_backward_op_bad_inputs(op):
-    if op.endswith("triton") and "triton" not in backends_for("cpu"):
-        pytest.skip("Triton (interpreter) not available")
-    assert_bad_inputs([(case_id, f"torch.ops.fpnops.{op}({args})", exc, pattern)
-                       for case_id, args, exc, pattern in DIRECT_BACKWARD], setup=SETUP)
+def test_direct_op_bad_inputs():
+    ops = [("upsample_add", DIRECT_FORWARD), ("upsample_add_backward_top", DIRECT_BACKWARD)]
+    if "triton" in backends_for("cpu"):
+        ops += [("upsample_add_triton", DIRECT_FORWARD),
+                ("upsample_add_backward_top_triton", DIRECT_BACKWARD)]
+    assert_bad_inputs([(f"{op}: {case_id}", f"torch.ops.fpnops.{op}({args})", exc, pattern)
+                       for op, table in ops for case_id, args, exc, pattern in table], setup=SETUP)
 
 
 def test_fused_fpn_bad_inputs():
