@@ -11,6 +11,10 @@ TORCH_LIBRARY(fpnops, m) {
   // output cells that read it (a gather: deterministic, no atomics).
   m.def("upsample_add_backward_top(Tensor grad, SymInt top_h, SymInt top_w, float? scale_h=None, "
         "float? scale_w=None) -> Tensor");
+  // For tests: csrc/nearest_index.h's rule `rule` tabulated on the CPU (int64): src per output
+  // index for "nearest_idx", "generic_float", "generic_double", "cuda"; the window starts per
+  // top index (in_size + 1 of them) for "cuda_backward". Lets the CUDA rules run without a GPU.
+  m.def("_nearest_rule_table(int in_size, int out_size, float? scale_factor, str rule) -> Tensor");
   // relu(conv2d(x, weight, bias, stride, padding, dilation, groups) + residual), the bias,
   // residual add and ReLU in the convolution's epilogue; weight and bias already BN-folded.
   // Output in x's memory format. NaN and inf propagate as in eager (relu(NaN) = NaN).

@@ -1,6 +1,10 @@
 // upsample_add on the CPU: the op (checks, output, dispatch to the best CPU capability).
 // The kernels: upsample_add_kernel.h (one pass, parallel over rows, vectorised adds), compiled
 // generic here and for AVX2 in kernels_avx2.cpp.
+#include <ATen/ops/add.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/upsample_nearest2d.h>
+#include <ATen/ops/upsample_nearest2d_backward.h>
 #include <torch/library.h>
 
 #include <sys/mman.h>
@@ -18,9 +22,9 @@ namespace fpnops {
 
 #if FPNOPS_HAVE_AVX2
 namespace AVX2 {  // kernels_avx2.cpp
-void upsample_add_kernel(at::Tensor&, const at::Tensor&, const at::Tensor&, const NearestRule&,
+bool upsample_add_kernel(at::Tensor&, const at::Tensor&, const at::Tensor&, const NearestRule&,
                          const NearestRule&);
-void upsample_add_backward_top_kernel(at::Tensor&, const at::Tensor&, const NearestRule&,
+bool upsample_add_backward_top_kernel(at::Tensor&, const at::Tensor&, const NearestRule&,
                                       const NearestRule&);
 }  // namespace AVX2
 #endif
@@ -42,6 +46,13 @@ void advise_huge_pages(const at::Tensor& t) {
 #endif
 }
 
+// Results that are NaN: which NaN eager writes depends on which of its loops wrote it (a
+// bfloat16 NaN is 0xffff from at::vec's conversion but 0x7fc0 from the scalar one; of two NaN
+// operands the vector and the scalar adds keep different payloads), and eager's loops are cut by
+// TensorIterator and by the thread count. Rather than model that, an output with a NaN in it is
+// recomputed by eager's own kernels, the same calls eager makes. The kernels only note whether
+// they saw a NaN (a compare and an OR per vector), so NaN-free calls pay nothing for this.
+
 at::Tensor upsample_add_cpu(const at::Tensor& top, const at::Tensor& lateral,
                             std::optional<double> scale_h, std::optional<double> scale_w) {
   check_upsample_add(top, lateral, scale_h, scale_w);
@@ -50,9 +61,14 @@ at::Tensor upsample_add_cpu(const at::Tensor& top, const at::Tensor& lateral,
   at::Tensor out = empty_like_lateral(lateral);
   if (out.numel() == 0) return out;
   advise_huge_pages(out);
-  const auto rh = make_nearest_rule(top.size(2), lateral.size(2), scale_h, /*cpu_shortcuts=*/true);
-  const auto rw = make_nearest_rule(top.size(3), lateral.size(3), scale_w, /*cpu_shortcuts=*/true);
-  FPNOPS_CPU_DISPATCH(upsample_add_kernel, out, top, lateral, rh, rw);
+  const int64_t H = lateral.size(2), W = lateral.size(3);
+  const NearestKind kind = cpu_forward_kind(top.is_contiguous(at::MemoryFormat::ChannelsLast),
+                                            top.size(1), H, W, top.scalar_type() == at::kDouble);
+  const auto rh = make_nearest_rule(top.size(2), H, scale_h, kind);
+  const auto rw = make_nearest_rule(top.size(3), W, scale_w, kind);
+  if (FPNOPS_CPU_DISPATCH(upsample_add_kernel, out, top, lateral, rh, rw)) {
+    out.copy_(at::add(lateral, at::upsample_nearest2d(top, {H, W}, scale_h, scale_w)));
+  }
   return out;
 }
 
@@ -65,10 +81,35 @@ at::Tensor upsample_add_backward_top_cpu(const at::Tensor& grad, int64_t top_h, 
   if (gtop.numel() == 0) return gtop;
   if (grad.size(2) == 0 || grad.size(3) == 0) return gtop.zero_();
   advise_huge_pages(gtop);
-  const auto rh = make_nearest_rule(top_h, grad.size(2), scale_h, /*cpu_shortcuts=*/true);
-  const auto rw = make_nearest_rule(top_w, grad.size(3), scale_w, /*cpu_shortcuts=*/true);
-  FPNOPS_CPU_DISPATCH(upsample_add_backward_top_kernel, gtop, grad, rh, rw);
+  const int64_t H = grad.size(2), W = grad.size(3);
+  const auto rh = make_nearest_rule(top_h, H, scale_h, NearestKind::kNearestIdx);
+  const auto rw = make_nearest_rule(top_w, W, scale_w, NearestKind::kNearestIdx);
+  if (FPNOPS_CPU_DISPATCH(upsample_add_backward_top_kernel, gtop, grad, rh, rw)) {
+    gtop.copy_(at::upsample_nearest2d_backward(grad, {H, W}, gtop.sizes(), scale_h, scale_w));
+  }
   return gtop;
+}
+
+at::Tensor nearest_rule_table(int64_t in_size, int64_t out_size, std::optional<double> scale_factor,
+                              c10::string_view rule) {
+  TORCH_CHECK(in_size > 0 && out_size > 0, "_nearest_rule_table: in_size and out_size must be > 0, got ",
+              in_size, " and ", out_size);
+  if (rule == "cuda_backward") {
+    const auto windows = make_nearest_windows_cuda(in_size, out_size, scale_factor);
+    at::Tensor t = at::empty({in_size + 1}, at::kLong);
+    for (int64_t i = 0; i <= in_size; ++i) t.data_ptr<int64_t>()[i] = windows.start(i);
+    return t;
+  }
+  NearestKind kind;
+  if (rule == "nearest_idx") kind = NearestKind::kNearestIdx;
+  else if (rule == "generic_float") kind = NearestKind::kGenericFloat;
+  else if (rule == "generic_double") kind = NearestKind::kGenericDouble;
+  else if (rule == "cuda") kind = NearestKind::kCuda;
+  else TORCH_CHECK_VALUE(false, "_nearest_rule_table: unknown rule '", rule, "'");
+  const auto r = make_nearest_rule(in_size, out_size, scale_factor, kind);
+  at::Tensor t = at::empty({out_size}, at::kLong);
+  for (int64_t i = 0; i < out_size; ++i) t.data_ptr<int64_t>()[i] = r.src(i);
+  return t;
 }
 
 }  // namespace
@@ -76,6 +117,11 @@ at::Tensor upsample_add_backward_top_cpu(const at::Tensor& grad, int64_t top_h, 
 TORCH_LIBRARY_IMPL(fpnops, CPU, m) {
   m.impl("upsample_add", &upsample_add_cpu);
   m.impl("upsample_add_backward_top", &upsample_add_backward_top_cpu);
+}
+
+// No tensor arguments: registered for every dispatch key.
+TORCH_LIBRARY_IMPL(fpnops, CompositeExplicitAutograd, m) {
+  m.impl("_nearest_rule_table", &nearest_rule_table);
 }
 
 }  // namespace fpnops

@@ -22,6 +22,7 @@ Strides4 strides_of(const at::Tensor& t) {
   return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
 }
 
+// The rules are eager's CUDA forward rule (kCuda, nearest_index.h), fixed at compile time.
 // Each thread handles V consecutive elements along the output's innermost dimension (W for
 // NCHW, C for channels_last). With V > 1 the lateral has the output's layout and both are
 // 16-byte aligned, so lateral and output move as one Pack; `top_packed` says the same of top
@@ -44,7 +45,7 @@ __global__ void upsample_add_kernel(scalar_t* __restrict__ out, const scalar_t* 
     } else {
       ow = i0; oh = rest % H; rest /= H; c = rest % C; n = rest / C;
     }
-    const int64_t ih = rh.src(oh);
+    const int64_t ih = rh.src_as<NearestKind::kCuda>(oh);
     Pack<scalar_t, V> l, t, o;
     if (V > 1) {
       l = *reinterpret_cast<const Pack<scalar_t, V>*>(lat + p * V);
@@ -52,7 +53,8 @@ __global__ void upsample_add_kernel(scalar_t* __restrict__ out, const scalar_t* 
       l.v[0] = lat[n * ls.n + c * ls.c + oh * ls.h + ow * ls.w];
     }
     if (CHANNELS_LAST) {
-      const scalar_t* tv = top + n * ts.n + ih * ts.h + rw.src(ow) * ts.w + c * ts.c;
+      const int64_t iw = rw.src_as<NearestKind::kCuda>(ow);
+      const scalar_t* tv = top + n * ts.n + ih * ts.h + iw * ts.w + c * ts.c;
       if (V > 1 && top_packed) {
         t = *reinterpret_cast<const Pack<scalar_t, V>*>(tv);
       } else {
@@ -62,7 +64,7 @@ __global__ void upsample_add_kernel(scalar_t* __restrict__ out, const scalar_t* 
     } else {
       const scalar_t* trow = top + n * ts.n + c * ts.c + ih * ts.h;
 #pragma unroll
-      for (int k = 0; k < V; ++k) t.v[k] = trow[rw.src(ow + k) * ts.w];
+      for (int k = 0; k < V; ++k) t.v[k] = trow[rw.src_as<NearestKind::kCuda>(ow + k) * ts.w];
     }
 #pragma unroll
     for (int k = 0; k < V; ++k) {
@@ -107,8 +109,8 @@ at::Tensor upsample_add_cuda(const at::Tensor& top, const at::Tensor& lateral,
   const c10::cuda::CUDAGuard guard(lateral.device());
   at::Tensor out = empty_like_lateral(lateral);
   if (out.numel() == 0) return out;
-  const auto rh = make_nearest_rule(top.size(2), lateral.size(2), scale_h, /*cpu_shortcuts=*/false);
-  const auto rw = make_nearest_rule(top.size(3), lateral.size(3), scale_w, /*cpu_shortcuts=*/false);
+  const auto rh = make_nearest_rule(top.size(2), lateral.size(2), scale_h, NearestKind::kCuda);
+  const auto rw = make_nearest_rule(top.size(3), lateral.size(3), scale_w, NearestKind::kCuda);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, lateral.scalar_type(), "upsample_add_cuda", [&] {
     if (out.is_contiguous()) {
       launch_forward<scalar_t, false>(out, top, lateral, rh, rw);
@@ -119,12 +121,13 @@ at::Tensor upsample_add_cuda(const at::Tensor& top, const at::Tensor& lateral,
   return out;
 }
 
-// One thread per top cell, in gtop's own (dense) memory order: sum grad over the cell's window,
-// in opmath, row-major, as eager's CUDA backward does. No atomics: deterministic.
+// One thread per top cell, in gtop's own (dense) memory order: sum grad over the cell's window
+// (eager's CUDA windows, nearest_index.h), in opmath from 0, row-major, as eager's CUDA backward
+// does. No atomics: deterministic.
 template <typename scalar_t>
 __global__ void backward_top_kernel(scalar_t* __restrict__ gtop, const scalar_t* __restrict__ grad,
                                     int64_t C, int64_t TH, int64_t TW, Strides4 gs, bool channels_last,
-                                    NearestRule rh, NearestRule rw, int64_t numel) {
+                                    NearestWindowsCuda rh, NearestWindowsCuda rw, int64_t numel) {
   using opmath_t = at::opmath_type<scalar_t>;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < numel;
        e += int64_t(gridDim.x) * blockDim.x) {
@@ -134,8 +137,8 @@ __global__ void backward_top_kernel(scalar_t* __restrict__ gtop, const scalar_t*
     } else {
       iw = e % TW; ih = (e / TW) % TH; c = (e / (TW * TH)) % C; n = e / (TW * TH * C);
     }
-    const int64_t h0 = rh.window_start(ih), h1 = rh.window_start(ih + 1);
-    const int64_t w0 = rw.window_start(iw), w1 = rw.window_start(iw + 1);
+    const int64_t h0 = rh.start(ih), h1 = rh.start(ih + 1);
+    const int64_t w0 = rw.start(iw), w1 = rw.start(iw + 1);
     const scalar_t* g = grad + n * gs.n + c * gs.c;
     opmath_t acc = 0;
     for (int64_t oh = h0; oh < h1; ++oh) {
@@ -156,8 +159,10 @@ at::Tensor upsample_add_backward_top_cuda(const at::Tensor& grad, int64_t top_h,
   at::Tensor gtop = at::empty({grad.size(0), grad.size(1), top_h, top_w}, grad.options().memory_format(fmt));
   if (gtop.numel() == 0) return gtop;
   if (grad.size(2) == 0 || grad.size(3) == 0) return gtop.zero_();
-  const auto rh = make_nearest_rule(top_h, grad.size(2), scale_h, /*cpu_shortcuts=*/false);
-  const auto rw = make_nearest_rule(top_w, grad.size(3), scale_w, /*cpu_shortcuts=*/false);
+  // Eager copies when all sizes are equal (a sum from 0 would turn -0.0 into +0.0).
+  if (grad.size(2) == top_h && grad.size(3) == top_w) return gtop.copy_(grad);
+  const auto rh = make_nearest_windows_cuda(top_h, grad.size(2), scale_h);
+  const auto rw = make_nearest_windows_cuda(top_w, grad.size(3), scale_w);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "upsample_add_backward_top_cuda", [&] {
     backward_top_kernel<scalar_t><<<num_blocks(gtop.numel()), kThreads, 0, stream>>>(

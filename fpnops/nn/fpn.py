@@ -5,7 +5,9 @@ Same constructor, submodule names, state_dict keys and forward contract as
 torchvision.ops.FeaturePyramidNetwork, so checkpoints load unchanged and outputs are equal bit
 for bit (upsample_add is bit-identical to eager's interpolate + add).
 """
+import numbers
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -14,6 +16,7 @@ from torch import Tensor
 
 from fpnops import _backend
 from fpnops.ops.upsample_add import upsample_add
+from fpnops.ops.upsample_add_checks import check_dense
 from fpnops.reference.fpn import FPN as ReferenceFPN
 
 
@@ -21,6 +24,61 @@ def _top_down(top: Tensor, lateral: Tensor, backend: str, scale_factor: Optional
     if torch.jit.is_scripting():  # TorchScript cannot compile the Python face; the op it can
         return torch.ops.fpnops.upsample_add(top, lateral, scale_factor, scale_factor)
     return upsample_add(top, lateral, scale_factor=scale_factor, backend=backend)
+
+
+def _check_constructor(in_channels_list, out_channels, norm_layer):
+    """FusedFPN's constructor arguments (torchvision's would fail later, or deep in nn.Conv2d)."""
+    if isinstance(in_channels_list, (str, bytes)) or not hasattr(in_channels_list, "__iter__"):
+        raise TypeError(f"FusedFPN: in_channels_list must be a list of channel counts, got "
+                        f"{type(in_channels_list).__name__}")
+    in_channels_list = list(in_channels_list)
+    if not in_channels_list:
+        raise ValueError("FusedFPN: in_channels_list must name at least one level, got []")
+    for c in in_channels_list:
+        if not isinstance(c, numbers.Integral) or isinstance(c, bool):
+            raise TypeError(f"FusedFPN: in_channels_list entries must be ints, got {c!r} in "
+                            f"{in_channels_list}")
+        if c == 0:
+            raise ValueError("FusedFPN: in_channels=0 is not supported")
+        if c < 0:
+            raise ValueError(f"FusedFPN: in_channels_list entries must be positive, got {c} in "
+                             f"{in_channels_list}")
+    if not isinstance(out_channels, numbers.Integral) or isinstance(out_channels, bool):
+        raise TypeError(f"FusedFPN: out_channels must be an int, got {out_channels!r}")
+    if out_channels < 0:
+        raise ValueError(f"FusedFPN: out_channels must be >= 0, got {out_channels}")
+    if norm_layer is not None and not callable(norm_layer):
+        raise TypeError(f"FusedFPN: norm_layer must be None or callable (e.g. nn.BatchNorm2d), "
+                        f"got {type(norm_layer).__name__}")
+    return in_channels_list
+
+
+def _check_levels(x, inner_blocks):
+    """FusedFPN.forward's x: one dense 4-D map per level, finest first, with the channels the
+    level's 1x1 conv takes and one batch size (each error names the map, x[name])."""
+    if not isinstance(x, Mapping):
+        raise TypeError(f"FusedFPN: x must be a dict of feature maps (name -> Tensor), finest "
+                        f"first, got {type(x).__name__}")
+    if len(x) != len(inner_blocks):
+        raise ValueError(f"FusedFPN: x has {len(x)} feature maps, but this FPN has "
+                         f"{len(inner_blocks)} levels (one per in_channels_list entry)")
+    first = None
+    for (name, t), block in zip(x.items(), inner_blocks):
+        what = f"x[{name!r}]"
+        check_dense("FusedFPN", what, t)
+        if t.dim() != 4:
+            raise ValueError(f"FusedFPN: {what} must be 4-D (N, C, H, W), got shape {tuple(t.shape)}")
+        conv = block[0] if isinstance(block, nn.Sequential) else block
+        channels = getattr(conv, "in_channels", None)
+        if channels is not None and t.shape[1] != channels:
+            raise ValueError(f"FusedFPN: {what} must have {channels} channels (its level's "
+                             f"in_channels), got shape {tuple(t.shape)}")
+        if t.shape[2] == 0 or t.shape[3] == 0:
+            raise ValueError(f"FusedFPN: {what} has an empty spatial size {tuple(t.shape)}")
+        if first is not None and t.shape[0] != first[1].shape[0]:
+            raise ValueError(f"FusedFPN: {what} has batch size {t.shape[0]}, but "
+                             f"x[{first[0]!r}] has {first[1].shape[0]}")
+        first = first or (name, t)
 
 
 def _conv_norm(in_channels, out_channels, kernel_size, norm_layer):
@@ -54,11 +112,10 @@ class FusedFPN(nn.Module):
                  extra_blocks: Optional[nn.Module] = None,
                  norm_layer: Optional[Callable[..., nn.Module]] = None, *, backend: str = "auto"):
         super().__init__()
+        in_channels_list = _check_constructor(in_channels_list, out_channels, norm_layer)
         self.inner_blocks = nn.ModuleList()
         self.layer_blocks = nn.ModuleList()
         for in_channels in in_channels_list:
-            if in_channels == 0:
-                raise ValueError("FusedFPN: in_channels=0 is not supported")
             self.inner_blocks.append(_conv_norm(in_channels, out_channels, 1, norm_layer))
             self.layer_blocks.append(_conv_norm(out_channels, out_channels, 3, norm_layer))
         for m in self.modules():  # torchvision's initialisation, before extra_blocks joins
@@ -140,6 +197,8 @@ class FusedFPN(nn.Module):
         return out
 
     def forward(self, x: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        if not torch.jit.is_scripting():  # TorchScript types x itself
+            _check_levels(x, self.inner_blocks)
         names = list(x.keys())
         feats = list(x.values())
         n = len(feats)

@@ -1,64 +1,18 @@
 """fpnops.upsample_add: the FPN top-down step, lateral + nearest-upsampled top, in one pass.
 
 Ops: fpnops::upsample_add (native: csrc/cpu, csrc/cuda), fpnops::upsample_add_triton
-(fpnops/triton/upsample_add.py) and their grad_top ops. This file holds the Python face, the
-argument checks every backend shares, the fake kernels and the autograd formulas.
+(fpnops/triton/upsample_add.py) and their grad_top ops. This file holds the Python face (backend
+choice), the fake kernels, the refusals of non-strided tensors and the autograd formulas; the
+argument checks every backend shares are in upsample_add_checks.py, the index rules in
+_nearest.py.
 """
-import math
-import numbers
-
 import torch
 import torch.nn.functional as F
 
 from fpnops import _backend
-from fpnops.ops._nearest import output_memory_format
-
-_FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _split_scale(scale_factor):
-    """(scale_h, scale_w) from None, a number or a pair, validated."""
-    if scale_factor is None:
-        return None, None
-    pair = tuple(scale_factor) if isinstance(scale_factor, (tuple, list)) else (scale_factor,) * 2
-    if len(pair) != 2 or not all(isinstance(s, numbers.Real) and not isinstance(s, bool) for s in pair):
-        raise TypeError(f"upsample_add: scale_factor must be a number or a pair of numbers, "
-                        f"got {scale_factor!r}")
-    if not all(math.isfinite(s) and s > 0 for s in pair):
-        raise ValueError(f"upsample_add: scale_factor must be positive and finite, got {scale_factor!r}")
-    return float(pair[0]), float(pair[1])
-
-
-def check_inputs(top, lateral, scale_h, scale_w):
-    """The argument checks every backend shares; errors name the argument and what came."""
-    for name, t in (("top", top), ("lateral", lateral)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"upsample_add: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"upsample_add: {name} must be 4-D (N, C, H, W), got {t.dim()}-D "
-                             f"with shape {tuple(t.shape)}")
-    if top.dtype != lateral.dtype:
-        raise TypeError(f"upsample_add: top and lateral must have the same dtype, got top "
-                        f"{top.dtype} and lateral {lateral.dtype}")
-    if lateral.dtype not in _FLOATING:
-        raise TypeError(f"upsample_add: expected a floating dtype (float16, bfloat16, float32, "
-                        f"float64), got {lateral.dtype}")
-    if top.device != lateral.device:
-        raise ValueError(f"upsample_add: top and lateral must be on the same device, got top on "
-                         f"{top.device} and lateral on {lateral.device}")
-    if top.shape[:2] != lateral.shape[:2]:
-        raise ValueError(f"upsample_add: top and lateral must have the same N and C, got top "
-                         f"{tuple(top.shape)} and lateral {tuple(lateral.shape)}")
-    for name, s, i, o in (("scale_h", scale_h, top.shape[2], lateral.shape[2]),
-                          ("scale_w", scale_w, top.shape[3], lateral.shape[3])):
-        if s is not None and math.floor(i * s) != o:
-            raise ValueError(f"upsample_add: scale_factor {name}={s} turns top size {i} into "
-                             f"{math.floor(i * s)}, but lateral has size {o} "
-                             f"(top {tuple(top.shape)}, lateral {tuple(lateral.shape)})")
-    if lateral.numel() > 0 and (top.shape[2] == 0 or top.shape[3] == 0):
-        raise ValueError(f"upsample_add: top has an empty spatial size {tuple(top.shape)} but "
-                         f"lateral {tuple(lateral.shape)} needs values from it")
-
+from fpnops.ops._nearest import output_memory_format, output_strides
+from fpnops.ops.upsample_add_checks import (check_backward_inputs, check_dense, check_inputs,
+                                            split_scale)
 
 def upsample_add_reference(top, lateral, scale_factor=None):
     """The plain PyTorch composite that every backend must equal bit for bit."""
@@ -83,15 +37,22 @@ def upsample_add(top, lateral, *, scale_factor=None, backend="auto"):
 
     Returns:
         (N, C, H, W) tensor in the lateral's memory format, bit-identical to eager PyTorch on
-        the same device. Differentiable with respect to both inputs.
+        the same device (forward and backward, NaN payloads included). Differentiable with
+        respect to both inputs.
     """
-    scale_h, scale_w = _split_scale(scale_factor)
+    scale_h, scale_w = split_scale(scale_factor)
     check_inputs(top, lateral, scale_h, scale_w)
     backend = _backend.resolve("upsample_add", backend, lateral.device)
     if backend == "torch":
+        fmt = output_memory_format(lateral)
         if lateral.numel() == 0:  # eager's interpolate refuses empty sizes; the answer is empty
-            return lateral.clone(memory_format=output_memory_format(lateral))
-        return upsample_add_reference(top, lateral, scale_factor)
+            return lateral.clone(memory_format=fmt)
+        out = upsample_add_reference(top, lateral, scale_factor)
+        # Eager's add keeps the order of a strided view's strides (and picks its own strides for
+        # size-1 dims); every backend returns the lateral's memory format. Same values.
+        if out.stride() != output_strides(out.shape, fmt):
+            out = out.clone(memory_format=fmt)
+        return out
     if backend == "triton":
         return torch.ops.fpnops.upsample_add_triton(top, lateral, scale_h, scale_w)
     return torch.ops.fpnops.upsample_add(top, lateral, scale_h, scale_w)
@@ -99,19 +60,44 @@ def upsample_add(top, lateral, *, scale_factor=None, backend="auto"):
 
 # --- fake kernels (shapes, dtype and strides only) and autograd --------------------------------
 
+# The fake kernels are also the ops' Meta kernels: a CPU top with a meta lateral dispatches to
+# Meta, so they check what the real kernels check (devices included).
 @torch.library.register_fake("fpnops::upsample_add")
 def _upsample_add_fake(top, lateral, scale_h=None, scale_w=None):
-    torch._check(top.shape[:2] == lateral.shape[:2],
-                 lambda: f"upsample_add: N and C differ: top {top.shape}, lateral {lateral.shape}")
-    torch._check(top.dtype == lateral.dtype, lambda: "upsample_add: top and lateral dtypes differ")
+    check_inputs(top, lateral, scale_h, scale_w)
     return torch.empty(lateral.shape, dtype=lateral.dtype, device=lateral.device,
                        memory_format=output_memory_format(lateral))
 
 
 @torch.library.register_fake("fpnops::upsample_add_backward_top")
 def _backward_top_fake(grad, top_h, top_w, scale_h=None, scale_w=None):
+    check_backward_inputs(grad, top_h, top_w, scale_h, scale_w)
     return torch.empty((grad.shape[0], grad.shape[1], top_h, top_w), dtype=grad.dtype,
                        device=grad.device, memory_format=output_memory_format(grad))
+
+
+# Sparse, mkldnn and nested tensors reach an op through their own dispatch keys, where no kernel
+# would answer but the dispatcher's "could not run" error: these name the argument instead.
+_NON_STRIDED_KEYS = ("SparseCPU", "SparseCUDA", "SparseMeta", "SparseCsrCPU", "SparseCsrCUDA",
+                     "SparseCsrMeta", "MkldnnCPU", "NestedTensorCPU", "NestedTensorCUDA",
+                     "NestedTensorMeta")
+_refusals = torch.library.Library("fpnops", "IMPL")
+
+
+def _refuse_non_strided(op, tensor_args):
+    def refuse(*args, **kwargs):
+        for name, arg in zip(tensor_args, args):
+            check_dense(op, name, arg)
+        raise TypeError(f"{op}: expects dense (strided) tensors")  # not reached
+
+    for key in _NON_STRIDED_KEYS:
+        _refusals.impl(op, refuse, key)
+    try:  # jagged nested tensors are a Python subclass: they ask __torch_dispatch__
+        from torch.nested._internal.nested_tensor import NestedTensor
+        torch.library.register_torch_dispatch(f"fpnops::{op}", NestedTensor,
+                                              lambda mode, func, types, args, kwargs: refuse(*args))
+    except (ImportError, AttributeError):
+        pass
 
 
 def _setup_context(ctx, inputs, output):
@@ -148,6 +134,8 @@ def _register_autograd(forward_op, backward_top_op):
 
 
 _register_autograd("fpnops::upsample_add", "fpnops::upsample_add_backward_top")
+_refuse_non_strided("upsample_add", ("top", "lateral"))
+_refuse_non_strided("upsample_add_backward_top", ("grad",))
 
 if _backend.TRITON_IMPORTABLE:
     from fpnops.triton import upsample_add as _triton_kernels  # defines fpnops::*_triton
@@ -157,3 +145,5 @@ if _backend.TRITON_IMPORTABLE:
         torch.library.register_fake("fpnops::upsample_add_backward_top_triton")(_backward_top_fake)
 
     _register_autograd("fpnops::upsample_add_triton", "fpnops::upsample_add_backward_top_triton")
+    _refuse_non_strided("upsample_add_triton", ("top", "lateral"))
+    _refuse_non_strided("upsample_add_backward_top_triton", ("grad",))
