@@ -261,3 +261,19 @@ def test_retinanet_and_maskrcnn_fuse():
         fpns = [m for m in fused.modules() if isinstance(m, fpnops.FusedFPN)]
         assert len(fpns) == 1 and not any(type(m) is FeaturePyramidNetwork for m in fused.modules())
         assert fused.state_dict().keys() == model.state_dict().keys()
+
+
+@pytest.mark.parametrize("shapes", [
+    [(2, 16, 16, 16), (1, 24, 8, 8), (2, 32, 4, 4)],                   # a batch of 1 broadcasts
+    [(1, 16, 16, 16), (1, 24, 8, 8), (1, 32, 4, 4), (1, 32, 2, 2)],    # more maps than levels
+    [(1, 16, 16, 16), (1, 24, 8, 8), (1, 32, 4, 4), (1, 8, 3, 3), (1, 32, 2, 2)],  # one passes through
+    [(1, 16, 16, 16), (1, 32, 4, 4)],                                  # fewer maps than levels
+], ids=["broadcast", "more_maps", "pass_through", "fewer_maps"])
+def test_unusual_inputs_compute_what_torchvision_computes(shapes):
+    """torchvision's FPN picks a block per map (the last block for the coarsest) and broadcasts
+    a batch of 1 in its adds: FusedFPN does the same, where it used to raise."""
+    tv = FeaturePyramidNetwork(CHANNELS[:3], 8).eval()
+    fused = fpnops.FusedFPN.from_module(tv)
+    x = OrderedDict((str(i), torch.randn(s)) for i, s in enumerate(shapes))
+    with torch.no_grad():
+        assert_same_outputs(fused(x), tv(x))

@@ -12,6 +12,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 from fpnops import _backend
@@ -21,6 +22,10 @@ from fpnops.reference.fpn import FPN as ReferenceFPN
 
 
 def _top_down(top: Tensor, lateral: Tensor, backend: str, scale_factor: Optional[float] = None) -> Tensor:
+    if top.shape[:2] != lateral.shape[:2]:  # eager's add broadcasts (a batch of 1), or raises
+        if scale_factor is None:
+            return lateral + F.interpolate(top, size=lateral.shape[-2:], mode="nearest")
+        return lateral + F.interpolate(top, scale_factor=scale_factor, mode="nearest")
     if torch.jit.is_scripting():  # TorchScript cannot compile the Python face; the op it can
         return torch.ops.fpnops.upsample_add(top, lateral, scale_factor, scale_factor)
     return upsample_add(top, lateral, scale_factor=scale_factor, backend=backend)
@@ -53,32 +58,41 @@ def _check_constructor(in_channels_list, out_channels, norm_layer):
     return in_channels_list
 
 
+def _block_index(level: int, levels: int, blocks: int) -> int:
+    """The inner/layer block torchvision's FPN applies to x's `level` (-1: none, the map passes
+    through): the coarsest map gets the last block, level i < blocks the i-th."""
+    if level == levels - 1:
+        return blocks - 1
+    return level if level < blocks else -1
+
+
 def _check_levels(x, inner_blocks):
-    """FusedFPN.forward's x: one dense 4-D map per level, finest first, with the channels the
-    level's 1x1 conv takes and one batch size (each error names the map, x[name])."""
+    """FusedFPN.forward's x: a non-empty dict of dense 4-D maps, finest first, each with the
+    channels of the 1x1 conv torchvision's FPN would apply to it (each error names x[name])."""
     if not isinstance(x, Mapping):
         raise TypeError(f"FusedFPN: x must be a dict of feature maps (name -> Tensor), finest "
                         f"first, got {type(x).__name__}")
-    if len(x) != len(inner_blocks):
-        raise ValueError(f"FusedFPN: x has {len(x)} feature maps, but this FPN has "
+    if len(x) == 0:
+        raise ValueError(f"FusedFPN: x has 0 feature maps, but this FPN has "
                          f"{len(inner_blocks)} levels (one per in_channels_list entry)")
-    first = None
-    for (name, t), block in zip(x.items(), inner_blocks):
+    for level, (name, t) in enumerate(x.items()):
         what = f"x[{name!r}]"
         check_dense("FusedFPN", what, t)
         if t.dim() != 4:
             raise ValueError(f"FusedFPN: {what} must be 4-D (N, C, H, W), got shape {tuple(t.shape)}")
+        idx = _block_index(level, len(x), len(inner_blocks))
+        block = inner_blocks[idx] if idx >= 0 else None
         conv = block[0] if isinstance(block, nn.Sequential) else block
         channels = getattr(conv, "in_channels", None)
         if channels is not None and t.shape[1] != channels:
-            raise ValueError(f"FusedFPN: {what} must have {channels} channels (its level's "
-                             f"in_channels), got shape {tuple(t.shape)}")
+            raise ValueError(f"FusedFPN: {what} must have {channels} channels (the in_channels of "
+                             f"the inner block it goes through), got shape {tuple(t.shape)}")
         if t.shape[2] == 0 or t.shape[3] == 0:
             raise ValueError(f"FusedFPN: {what} has an empty spatial size {tuple(t.shape)}")
-        if first is not None and t.shape[0] != first[1].shape[0]:
-            raise ValueError(f"FusedFPN: {what} has batch size {t.shape[0]}, but "
-                             f"x[{first[0]!r}] has {first[1].shape[0]}")
-        first = first or (name, t)
+    batches = {name: t.shape[0] for name, t in x.items() if t.shape[0] != 1}
+    if len(set(batches.values())) > 1:  # a batch of 1 broadcasts in the top-down adds, as in eager
+        raise ValueError(f"FusedFPN: the maps of x have batch sizes {batches} (besides 1); they "
+                         f"must be equal")
 
 
 def _conv_norm(in_channels, out_channels, kernel_size, norm_layer):
@@ -180,8 +194,8 @@ class FusedFPN(nn.Module):
                                       unexpected_keys, error_msgs)
 
     def _inner(self, x: Tensor, idx: int) -> Tensor:
-        """inner_blocks[idx](x); a loop because TorchScript cannot index a ModuleList by a
-        variable."""
+        """inner_blocks[idx](x) (x itself for idx -1); a loop because TorchScript cannot index
+        a ModuleList by a variable."""
         out = x
         for i, block in enumerate(self.inner_blocks):
             if i == idx:
@@ -201,13 +215,15 @@ class FusedFPN(nn.Module):
             _check_levels(x, self.inner_blocks)
         names = list(x.keys())
         feats = list(x.values())
-        n = len(feats)
-        # Coarsest to finest, calling the blocks in torchvision's order (inner n-1, layer n-1,
-        # then inner i and layer i for each finer level), so hooks on them see the same sequence.
-        last_inner = self._inner(feats[n - 1], n - 1)
-        results: List[Tensor] = [self._layer(last_inner, n - 1)]
-        for idx in range(n - 2, -1, -1):
-            last_inner = _top_down(last_inner, self._inner(feats[idx], idx), self.backend)
+        n, blocks = len(feats), len(self.inner_blocks)
+        # Coarsest to finest, calling the blocks in torchvision's order (inner and layer of the
+        # coarsest, then inner and layer of each finer level) and with its choice of block per
+        # level, so hooks see the same sequence and any number of levels computes the same.
+        last_inner = self._inner(feats[n - 1], _block_index(n - 1, n, blocks))
+        results: List[Tensor] = [self._layer(last_inner, _block_index(n - 1, n, blocks))]
+        for level in range(n - 2, -1, -1):
+            idx = _block_index(level, n, blocks)
+            last_inner = _top_down(last_inner, self._inner(feats[level], idx), self.backend)
             results.insert(0, self._layer(last_inner, idx))
         if self.extra_blocks is not None:
             results, names = self.extra_blocks(results, feats, names)
