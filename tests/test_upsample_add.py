@@ -128,8 +128,11 @@ def test_gradcheck(device, top_hw, lat_hw, scale):
         def fn(t, l):
             return fpnops.upsample_add(t, l, scale_factor=scale, backend=backend)
 
-        assert torch.autograd.gradcheck(fn, (top, lat)), backend
-        assert torch.autograd.gradgradcheck(fn, (top, lat)), backend
+        # Triton's CPU interpreter takes ~30 ms a launch: the full Jacobians (one launch per
+        # input element) cost a minute per case there, so it checks random projections of them.
+        fast = backend == "triton" and device == "cpu"
+        assert torch.autograd.gradcheck(fn, (top, lat), fast_mode=fast), backend
+        assert torch.autograd.gradgradcheck(fn, (top, lat), fast_mode=fast), backend
 
 
 @pytest.mark.parametrize("device", devices())
