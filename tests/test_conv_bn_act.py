@@ -192,17 +192,19 @@ NUMPY_NAN_WARNINGS = pytest.mark.filterwarnings(  # Triton's interpreter compute
 @NUMPY_NAN_WARNINGS
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("k", [1, 3])
-def test_nan_and_inf_propagate_as_in_eager(dtype, k):
+@pytest.mark.parametrize("cin,cout", [(5, 6), (24, 6)], ids=["widening", "narrowing"])
+def test_nan_and_inf_propagate_as_in_eager(dtype, k, cin, cout):
     """relu(NaN) = NaN, relu(inf) = inf, relu(-inf) = 0 on every backend (native and Triton used
-    to turn NaN into 0: oneDNN's ReLU post-op and tl.maximum drop it)."""
+    to turn NaN into 0: oneDNN's ReLU post-op and tl.maximum drop it). On the CPU a narrowing
+    conv takes the other exact way (no post-op, our ReLU over its smaller output)."""
     nan, inf = float("nan"), float("inf")
-    x = torch.randn(2, 5, 9, 11, dtype=dtype)
+    x = torch.randn(2, cin, 9, 11, dtype=dtype)
     x[0, 1, 4, 4], x[1, 2, 0, 7], x[1, 4, 8, 1] = nan, inf, -inf
-    w = torch.randn(6, 5, k, k, dtype=dtype) / (5 * k * k) ** 0.5
-    b = torch.randn(6, dtype=dtype)
+    w = torch.randn(cout, cin, k, k, dtype=dtype) / (cin * k * k) ** 0.5
+    b = torch.randn(cout, dtype=dtype)
     b_bad = b.clone()
     b_bad[1], b_bad[3], b_bad[4] = nan, inf, -inf
-    r = torch.randn(2, 6, 9, 11, dtype=dtype)
+    r = torch.randn(2, cout, 9, 11, dtype=dtype)
     r[0, 0, 1, 1], r[1, 5, 2, 2], r[0, 3, 7, 9] = nan, inf, -inf
     for fmt in (torch.contiguous_format, torch.channels_last):
         for xx, bb, rr in ((x, b, None), (x, b, r), (x.nan_to_num(0, 0, 0), b_bad, None),

@@ -70,9 +70,15 @@ constexpr double kSafeBound = 1e30;
 
 // Whether oneDNN's (NaN-dropping) ReLU post-op may run: no NaN can reach it. x, w, bias, res:
 // strided CPU tensors of one floating dtype (x dense, as the convolution reads it).
+// Proving it reads x and the residual once; the other exact way, the convolution without the
+// post-op and our NaN-propagating ReLU over its output, reads and writes the output once. So
+// where the output is the smaller (a 1x1 conv that narrows, a strided conv) it takes that way
+// and proves nothing.
 bool relu_post_op_is_safe(const at::Tensor& x, const at::Tensor& w,
                           const std::optional<at::Tensor>& bias,
-                          const std::optional<at::Tensor>& res) {
+                          const std::optional<at::Tensor>& res, int64_t out_numel) {
+  const int64_t read = x.numel() + (res.has_value() ? res->numel() : 0);
+  if (2 * out_numel < read) return false;
   const double x_max = max_abs_cpu(x);
   if (!(x_max < kSafeBound)) return false;  // NaN or inf in x: no need to look further
   // Each output channel's elements must be one block of memory (NCHW and channels_last are).
@@ -114,11 +120,13 @@ at::Tensor conv_bn_act_cpu(const at::Tensor& x, const at::Tensor& weight,
   const auto res = checked_residual("conv_bn_act", x, weight, /*packed_weight=*/false, bias_in, stride,
                                     padding, dilation, groups, residual, fmt);
   const auto bias = dense_bias(bias_in);
+  const auto hw = conv_output_hw("conv_bn_act", x, weight, stride, padding, dilation);
+  const int64_t out_numel = x.size(0) * weight.size(0) * hw[0] * hw[1];
   at::Tensor out;
   const bool onednn = at::globalContext().userEnabledMkldnn() && x.numel() > 0;
   if (onednn && x.scalar_type() == at::kFloat) {
     const at::Tensor xc = x.contiguous(fmt);
-    const bool fused_relu = relu && relu_post_op_is_safe(xc, weight, bias, res);
+    const bool fused_relu = relu && relu_post_op_is_safe(xc, weight, bias, res, out_numel);
     out = onednn_conv_pointwise(xc, weight, bias, stride, padding, dilation, groups, res,
                                 fused_relu).contiguous(fmt);
     if (relu && !fused_relu) nan_relu_(out);
@@ -135,7 +143,7 @@ at::Tensor conv_bn_act_cpu(const at::Tensor& x, const at::Tensor& weight,
     if (res.has_value()) res32 = f32(*res);
     if (bias.has_value()) bias32 = f32(*bias);
     const at::Tensor x32 = f32(x).contiguous(fmt), w32 = f32(weight);
-    const bool fused_relu = relu && relu_post_op_is_safe(x32, w32, bias32, res32);
+    const bool fused_relu = relu && relu_post_op_is_safe(x32, w32, bias32, res32, out_numel);
     out = onednn_conv_pointwise(x32, w32, bias32, stride, padding, dilation, groups, res32,
                                 fused_relu).to(x.scalar_type()).contiguous(fmt);
     if (relu && !fused_relu) nan_relu_(out);
