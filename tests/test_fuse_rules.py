@@ -11,20 +11,10 @@ import torchvision
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import FeaturePyramidNetwork
+from fused_models import randomize_bn
 
 import fpnops
 from fpnops.nn import FusedBottleneck, FusedConvBNAct, FusedFPN
-
-
-def randomize_bn(model):
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
-    return model
 
 
 class WSConv2d(nn.Conv2d):
@@ -216,3 +206,29 @@ def test_fuse_of_a_fused_model_after_a_forward():
         b = again(x)
         c = copy.deepcopy(fused)(x)
     assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_bad_inputs():
+    """fuse()'s arguments, and what a fused model's forward says of a bad input, in a child
+    interpreter (a crash fails this test rather than the run)."""
+    from helpers import assert_bad_inputs
+    setup = ("import torch, torch.nn as nn, torchvision, fpnops\n"
+             "net = torchvision.models.resnet18().eval()\n")
+    assert_bad_inputs([
+        ("model int", "fpnops.fuse(3)", "TypeError", r"fuse: model must be an nn\.Module, got int"),
+        ("model class", "fpnops.fuse(nn.Linear)", "TypeError", r"fuse: model must be an nn\.Module, got type"),
+        ("backend bogus", "fpnops.fuse(net, backend='bogus')", "ValueError", r"fuse: backend must be one of .*'bogus'"),
+        ("backend None", "fpnops.fuse(net, backend=None)", "ValueError", r"fuse: backend must be one of .*None"),
+        ("inplace str", "fpnops.fuse(net, inplace='no')", "TypeError", r"fuse: inplace must be True or False, got 'no'"),
+        ("fold_bn int", "fpnops.fuse(net, fold_bn=1)", "TypeError", r"fuse: fold_bn must be True or False, got 1"),
+        ("verbose None", "fpnops.fuse(net, verbose=None)", "TypeError", r"fuse: verbose must be True or False, got None"),
+        ("positional backend", "fpnops.fuse(net, 'native')", "TypeError", r"positional argument"),
+        ("fused: 3 channels short", "fpnops.fuse(net)(torch.randn(1, 2, 32, 32))", "ValueError",
+         r"conv1: x has 2 channels, conv1 expects 3"),
+        ("fused: 3-D input", "fpnops.fuse(net)(torch.randn(3, 32, 32))", "ValueError",
+         r"x must be 4-D \(N, C, H, W\), got 3-D"),
+        ("fused: float64 input, float32 model", "fpnops.fuse(net)(torch.randn(1, 3, 32, 32, dtype=torch.float64))",
+         "TypeError", r"conv1: x is torch\.float64, conv1\.weight is torch\.float32"),
+        ("fused: too small", "fpnops.fuse(net)(torch.randn(1, 3, 2, 2))", ("ValueError", "RuntimeError"),
+         r"(smaller than the kernel|too small)"),
+    ], setup=setup)
