@@ -81,8 +81,11 @@ def run_bad_inputs(cases, setup="import torch, fpnops", timeout=300):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
     payload = json.dumps([[[c[0], c[1]] for c in cases], setup])
+    # cwd: `python -c` puts it first on sys.path; the folder holding the fpnops under test (an
+    # installed one, or a source tree built in place) rather than a source tree without _C.
     proc = subprocess.Popen([sys.executable, "-c", _BAD_INPUT_CHILD], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=root)
     try:
         stdout, stderr = proc.communicate(payload, timeout=timeout)
         rc = proc.returncode
