@@ -53,6 +53,24 @@ def find_cuda_home():
     return None
 
 
+def announce(line):
+    """Print `line` to the build log, and to the terminal when pip hides that log.
+
+    pip runs this build in a subprocess whose output it shows only with -v (or on failure):
+    without -v, a user waiting minutes for a CUDA compile would not know what is compiling.
+    So when stdout is not a terminal, the line also goes straight to the controlling terminal,
+    if there is one (none in CI or under nohup: then only the log has it).
+    """
+    print(line, flush=True)
+    if sys.stdout.isatty():
+        return
+    try:
+        with open("/dev/tty", "w") as tty:
+            tty.write("\n" + line + "\n")
+    except OSError:
+        pass
+
+
 def want_cuda(torch, cuda_home):
     force = os.environ.get("FPNOPS_BUILD_CUDA")
     if force == "0":
@@ -98,9 +116,16 @@ def main():
     else:
         ext = CppExtension("fpnops._C", sources, define_macros=macros,
                            extra_compile_args={"cxx": cxx})
-    print(f"fpnops: building CPU{' + CUDA (' + archs + ', toolkit ' + cuda_home + ')' if with_cuda else ' only'}"
-          f" against torch {torch.__version__}")
-    setup(ext_modules=[ext], cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})
+    what = (f"the C++ CPU kernels and the CUDA kernels for archs {archs} (toolkit {cuda_home})"
+            if with_cuda else "the C++ CPU kernels only (no CUDA)")
+
+    class Build(BuildExtension.with_options(use_ninja=True)):
+        def run(self):  # when compiling starts (pip also runs this file for metadata, not to build)
+            announce(f"fpnops: building {what} against torch {torch.__version__}; "
+                     "`pip install -v` shows the compiler's log")
+            super().run()
+
+    setup(ext_modules=[ext], cmdclass={"build_ext": Build})
 
 
 if __name__ == "__main__":  # setuptools runs this file as __main__; tests import it

@@ -1,4 +1,4 @@
-"""python -m fpnops: info (what this install is and would run here), bench (fpnops side by side
+"""fpnops (or python -m fpnops): info (what this install is and would run here), bench (fpnops side by side
 with eager PyTorch and torch.compile), demo (the seed's ResNet50-FPN pictures, reference vs
 fused, on a real image)."""
 import argparse
@@ -26,7 +26,7 @@ def info_lines():
         f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'}); _C built against torch {_C.torch_version}",
         f"triton {triton_version}; TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '0')}",
         f"compiled kernels: CPU (ATen CPU capability here: {torch.backends.cpu.get_cpu_capability()}); "
-        f"CUDA: {'archs ' + b['cuda_archs'] if b['cuda'] else 'not built'}",
+        f"CUDA: {'archs ' + b['cuda_archs'] if b['cuda_compiled'] else 'not built'}",
     ]
     devices = [torch.device("cpu")]
     if torch.cuda.is_available():
@@ -42,8 +42,14 @@ def info_lines():
     return lines
 
 
+def prog():
+    """How the user called us: the `fpnops` console script, or `python -m fpnops`."""
+    name = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return "fpnops" if name in ("fpnops", "fpnops.exe") else "python -m fpnops"
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m fpnops", description=__doc__)
+    parser = argparse.ArgumentParser(prog=prog(), description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, compiled backends, devices, and what backend='auto' picks")
     commands = {"bench": bench, "demo": demo}
@@ -55,7 +61,7 @@ def main(argv=None):
         module.add_arguments(subparsers[name])
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    args.argv = argv
+    args.argv, args.prog = argv, parser.prog
     if args.command == "info":
         print("\n".join(info_lines()))
         return 0

@@ -21,17 +21,34 @@ def triton_runs_on(device_type):
     return device_type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
 
 
+class _Backends(dict):
+    """backends()'s dict; the key "cuda" of fpnops <= 0.1.0 still reads, with a warning."""
+
+    def __missing__(self, key):
+        if key == "cuda":
+            import warnings
+            warnings.warn('fpnops.backends()["cuda"] is deprecated: it meant "cuda_compiled" (CUDA '
+                          'kernels were built); "cuda_available" says whether a GPU is visible now',
+                          FutureWarning, stacklevel=2)
+            return self["cuda_compiled"]
+        raise KeyError(key)
+
+
 def backends():
-    """What this install can run: {"cpu": compiled C++ kernels, "cuda": compiled CUDA kernels,
-    "cuda_archs": the archs they were built for, "triton": Triton importable,
-    "triton_interpret": TRITON_INTERPRET=1 (Triton kernels on CPU tensors)}."""
-    return {
+    """What this install has, and what this process can use now:
+    "cpu": the C++ CPU kernels (always compiled); "cuda_compiled": CUDA kernels were compiled into
+    this build; "cuda_archs": the archs they were compiled for ("" without them);
+    "cuda_available": a CUDA device is visible to torch now (the CUDA kernels run only when both
+    are true); "triton": Triton is importable; "triton_interpret": TRITON_INTERPRET=1 (Triton
+    kernels run on CPU tensors, in its interpreter)."""
+    return _Backends({
         "cpu": True,
-        "cuda": WITH_CUDA,
+        "cuda_compiled": WITH_CUDA,
         "cuda_archs": CUDA_ARCHS if WITH_CUDA else "",
+        "cuda_available": torch.cuda.is_available(),
         "triton": TRITON_IMPORTABLE,
         "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1",
-    }
+    })
 
 
 def native_runs_on(device_type):

@@ -1,4 +1,4 @@
-"""python -m fpnops demo: the seed's ResNet50-FPN feature maps on a real image, reference vs fused.
+"""fpnops demo: the seed's ResNet50-FPN feature maps on a real image, reference vs fused.
 
 Runs the seeds' reference ResNet50 + FPN (notebook variant, P2..P6) and fpnops.fuse() of it on
 one photograph (scikit-image's astronaut unless --image is given), checks that every level
@@ -127,7 +127,7 @@ def save_pictures(out, image, feats):
 
 
 def run(args, parser=None):
-    parser = parser or argparse.ArgumentParser(prog="python -m fpnops demo")
+    parser = parser or argparse.ArgumentParser(prog="fpnops demo")
     # Every usage error before the minute of compute, not after it.
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible to torch")
@@ -177,7 +177,7 @@ def run(args, parser=None):
 
     paths = save_pictures(args.out, image, [g.float() for g in got])
     paths.append(os.path.join(args.out, "demo.json"))
-    payload = {"command": "python -m fpnops " + shlex.join(getattr(args, "argv", None) or ["demo"]),
+    payload = {"command": getattr(args, "prog", "fpnops") + " " + shlex.join(getattr(args, "argv", None) or ["demo"]),
                "image": source, "image_size": list(rgb.shape[:2]), "size": list(args.size),
                "device": args.device, "dtype": "float32", "seed": args.seed, "bn_randomized": True,
                "fused_modules": dict(kinds), "parameters": {"reference": n_ref, "fused": n_fused},

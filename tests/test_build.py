@@ -13,14 +13,24 @@ from fpnops import _extension
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_backends_report_what_is_registered():
+def test_backends_report_what_is_compiled_and_what_is_visible():
     b = fpnops.backends()
-    assert set(b) == {"cpu", "cuda", "cuda_archs", "triton", "triton_interpret"}
+    assert list(b) == ["cpu", "cuda_compiled", "cuda_archs", "cuda_available", "triton", "triton_interpret"]
     has = torch._C._dispatch_has_kernel_for_dispatch_key
     assert b["cpu"] and has("fpnops::upsample_add", "CPU")
-    assert b["cuda"] == has("fpnops::upsample_add", "CUDA")
-    assert b["cuda"] == bool(b["cuda_archs"])
+    assert b["cuda_compiled"] == has("fpnops::upsample_add", "CUDA")  # what was built ...
+    assert b["cuda_compiled"] == bool(b["cuda_archs"])
+    assert b["cuda_available"] == torch.cuda.is_available()            # ... and what is visible now
     assert b["triton"] == (importlib.util.find_spec("triton") is not None)
+    assert b["triton_interpret"] == (os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def test_backends_old_cuda_key_reads_with_a_warning():
+    b = fpnops.backends()
+    with pytest.warns(FutureWarning, match='"cuda_compiled".*"cuda_available"'):
+        assert b["cuda"] == b["cuda_compiled"]
+    with pytest.raises(KeyError):
+        b["nope"]
 
 
 def test_extension_matches_running_torch():

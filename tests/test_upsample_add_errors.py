@@ -171,7 +171,7 @@ def test_python_face_bad_inputs():
 
 def test_backend_argument_bad_inputs():
     cases = list(BACKEND_ARG)
-    if not fpnops.backends()["cuda"]:
+    if not fpnops.backends()["cuda_compiled"]:
         cases.append(NATIVE_CUDA_NOT_BUILT)
     if fpnops.backends()["triton"]:
         cases.append(TRITON_WITHOUT_INTERPRETER)  # last: it unsets TRITON_INTERPRET

@@ -1,21 +1,27 @@
-"""python -m fpnops bench: fpnops side by side with eager PyTorch and torch.compile of it.
+"""fpnops bench: fpnops side by side with eager PyTorch and torch.compile of it.
 
 Every case runs the eager baseline, torch.compile of that baseline and fpnops' versions in
 interleaved rounds after warm-up (CPU timed with perf_counter, CUDA with events) and reports
 medians, the 20th-80th percentile spread and ratios. Each result is checked against the
-reference before it is timed; a wrong one is reported as wrong and not timed.
+reference before it is timed; a wrong one is reported as wrong and not timed. For the FPN
+neck and the backbones it also reports what a user pays before steady state: fpnops.fuse()
+(FusedFPN.from_module), each one's first call (torch.compile's compiling from an empty cache),
+and after how many calls compile's start-up is paid back by its steady-state speed, if ever.
 """
 import argparse
+import contextlib
 import datetime
 import logging
 import math
 import shlex
 import sys
+import time
 
 import torch
 
 from fpnops.bench import report, suites
-from fpnops.bench.timing import compare, copy_bandwidth, machine, peak_mib, summarize
+from fpnops.bench.timing import (cold_compile_cache, compare, copy_bandwidth, machine, peak_mib,
+                                 summarize, wall_ms)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Defaults per device: the CPU ones finish in under 2 minutes on a 2-core machine; the CUDA ones
@@ -108,18 +114,40 @@ def _row(suite, case, dtype, impl, **figures):
     return row
 
 
+def breakeven_calls(compiled, fused):
+    """After how many calls (the first included) compile's total time, setup + first call + a
+    median per further call, is no more than fpnops' total: an int, or "never" when compile is
+    not faster than fpnops in steady state (its start-up is never paid back)."""
+    start_c = (compiled["setup_ms"] or 0.0) + compiled["first_call_ms"]
+    start_f = (fused["setup_ms"] or 0.0) + fused["first_call_ms"]
+    if start_c <= start_f:
+        return 1
+    gain = fused["median_ms"] - compiled["median_ms"]  # per call, in steady state
+    if gain <= 0:
+        return "never"
+    return 1 + math.ceil((start_c - start_f) / gain)
+
+
+def _first_call(impl, fn, case, device):
+    """Run (and time) an impl's first call; compile compiles here, under the case's inductor
+    config, and for module cases from a cold cache (see timing.cold_compile_cache)."""
+    with contextlib.ExitStack() as stack:
+        if impl == "compile":
+            if case.compile_config:
+                stack.enter_context(torch._inductor.config.patch(**case.compile_config))
+            if case.setup_ms is not None:
+                stack.enter_context(cold_compile_cache())
+        return wall_ms(fn, device)
+
+
 def run_case(suite, case, cfg, dtype, copy_gbps):
     """Check every impl against the case's reference, then time the right ones, interleaved."""
-    rows, timed = {}, {}
+    rows, timed, first_ms = {}, {}, {}
     expected = case.expected()
     for impl, fn in case.impls.items():
         tol = case.tol[impl]
         try:
-            if impl == "compile" and case.compile_config:
-                with torch._inductor.config.patch(**case.compile_config):
-                    got = fn()  # compiles here, under the case's inductor config
-            else:
-                got = fn()
+            got, first_ms[impl] = _first_call(impl, fn, case, cfg["device"])
             err = rel_err(got, expected, exact=tol == 0.0)
         except Exception as e:  # noqa: BLE001  (reported in the table, never hidden)
             rows[impl] = _row(suite, case, dtype, impl, status="failed", note=f"{type(e).__name__}: {e}"[:160])
@@ -146,11 +174,28 @@ def run_case(suite, case, cfg, dtype, copy_gbps):
                 r["pct_of_copy"] = 100 * r["GBps"] / copy_gbps if copy_gbps else None
             if cfg["device"] == "cuda":
                 r["peak_MiB"] = peak_mib(timed[impl])
+    if case.setup_ms is not None:
+        for impl, r in rows.items():
+            if r["status"] == "ok":
+                r.update(setup_ms=case.setup_ms.get(impl), first_call_ms=first_ms[impl])
+        c, f = rows.get("compile"), rows.get("fpnops")
+        if c and f and c["status"] == f["status"] == "ok":
+            c["breakeven_calls"] = breakeven_calls(c, f)
     return [rows[impl] for impl in case.impls]
 
 
+def compile_startup_ms(device):
+    """The first torch.compile call of this process, on x + 1 from a cold cache: the imports and
+    compiler start-up a user's first compiled model pays once per process (the cases' compile
+    first calls come after it, so they do not)."""
+    x = torch.ones(8, device=device)
+    with cold_compile_cache():
+        return wall_ms(lambda: torch.compile(lambda t: t + 1)(x), device)[1]
+
+
 def run(args, parser=None):
-    parser = parser or argparse.ArgumentParser(prog="python -m fpnops bench")
+    parser = parser or argparse.ArgumentParser(prog="fpnops bench")
+    started = time.perf_counter()
     cfg = settings_from(args, parser)
     # Inductor's CPU codegen loads torch.utils.cpp_extension, which warns about CUDA_HOME on
     # machines without a CUDA runtime: noise between the table's rows.
@@ -162,12 +207,17 @@ def run(args, parser=None):
                             cfg["quick"], cfg["compile_mode"])
         plan += [(suite, dtype, label, build) for suite in cfg["suites"] for label, build in suites.cases(suite, s)]
     copy_gbps = copy_bandwidth(device) if "ops" in cfg["suites"] else None
+    setup_suites = {"fpn", "backbone"} & set(cfg["suites"])
+    startup_ms = compile_startup_ms(device) if cfg["compile_mode"] and setup_suites else None
     m = machine()
     where = m.get("gpu") or f"{m['cpu']}, {m['cpu_threads']} threads"
     print(f"fpnops bench on {device} ({where}); torch {m['torch']}; "
           f"N={cfg['batch']}, {cfg['size'][0]}x{cfg['size'][1]}, {cfg['layout']}, {cfg['rounds']} rounds")
     if copy_gbps:
         print(f"copy bandwidth: {copy_gbps:.1f} GB/s (read + write)")
+    if startup_ms is not None:
+        print(f"torch.compile start-up: {startup_ms / 1e3:.2f} s (this process's first compile, of x + 1; "
+              "not in the first calls below)")
     print(report.header())
     results = []
     for i, (suite, dtype, label, build) in enumerate(plan, 1):
@@ -182,8 +232,10 @@ def run(args, parser=None):
             torch.cuda.empty_cache()
     payload = {"schema": report.SCHEMA,
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "command": "python -m fpnops " + shlex.join(getattr(args, "argv", None) or ["bench"]),
-               "settings": cfg, "machine": m, "copy_GBps": copy_gbps, "results": results}
+               "elapsed_s": time.perf_counter() - started,
+               "command": getattr(args, "prog", "fpnops") + " " + shlex.join(getattr(args, "argv", None) or ["bench"]),
+               "settings": cfg, "machine": m, "copy_GBps": copy_gbps, "compile_startup_ms": startup_ms,
+               "results": results}
     if args.out:
         report.write_json(args.out, payload)
         print(f"wrote {args.out}")

@@ -4,7 +4,9 @@ A case holds the eager PyTorch baseline ("eager"), torch.compile of that same ba
 ("compile") and fpnops' versions of it ("native"/"triton" for the ops, "fpnops" for modules),
 what each must produce (`expected`, and how close: `tol`), and the bytes a fused memory-bound op
 must move at least (for GB/s). Cases are built lazily: listing a suite costs nothing, building a
-case allocates its tensors and models.
+case allocates its tensors and models. The module cases (fpn, backbone) also time what a user
+pays before the first call: fpnops.fuse() / FusedFPN.from_module() and the torch.compile() call
+(`setup_ms`); the bench then times each impl's first call, compiling from a cold cache.
 """
 import copy
 import math
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 
 import fpnops
 from fpnops import _backend
+from fpnops.bench.timing import wall_ms
 
 SUITES = ("ops", "fpn", "backbone")
 RESNET50_PYRAMID = ((256, 4), (512, 8), (1024, 16), (2048, 32))  # C2..C5: channels, stride
@@ -32,6 +35,10 @@ class Case:
     tol: Dict[str, float]                 # max relative error per impl; 0.0: bit-identical
     nbytes: Optional[int] = None          # minimum memory traffic (memory-bound ops): GB/s
     compile_config: dict = field(default_factory=dict)  # inductor config while compiling
+    # Module cases: ms to build an impl from the eager model ("fpnops": fuse / from_module,
+    # "compile": the torch.compile() call); the bench then times first calls too, compiling from
+    # a cold cache. None (the ops): no setup figures.
+    setup_ms: Optional[Dict[str, float]] = None
 
 
 @dataclass
@@ -142,6 +149,16 @@ def _conv_bn_act_case(s, which):
                 impls, expected, {k_: s.loose_tol() for k_ in impls})
 
 
+def _setup(s, eager, convert, to_compile):
+    """(convert(eager), torch.compile of to_compile or None, {impl: ms that step took}) for a
+    module case; torch.compile() itself only wraps: it compiles at the first call."""
+    fused, ms = wall_ms(lambda: convert(eager), s.device)
+    setup, compiled = {"fpnops": ms}, None
+    if s.compile_mode:
+        compiled, setup["compile"] = wall_ms(lambda: s.compiled(to_compile), s.device)
+    return fused, compiled, setup
+
+
 # --- fpn: the FPN neck (torchvision's, as detectors use it) -------------------------------------
 
 def _fpn_case(s, mode):
@@ -150,7 +167,7 @@ def _fpn_case(s, mode):
     train = mode == "fwd+bwd"
     tv = FeaturePyramidNetwork([c for c, _ in RESNET50_PYRAMID], 256, extra_blocks=LastLevelMaxPool())
     tv = tv.to(device=s.device, dtype=s.dtype, memory_format=s.memory_format).train(train)
-    fused = fpnops.FusedFPN.from_module(tv)
+    fused, compiled, setup_ms = _setup(s, tv, fpnops.FusedFPN.from_module, tv)
     feats = OrderedDict((str(i), s.randn(s.batch, c, *level_size(s.size, st)).requires_grad_(train))
                         for i, (c, st) in enumerate(RESNET50_PYRAMID))
 
@@ -162,7 +179,7 @@ def _fpn_case(s, mode):
         sum(v.float().sum() for v in out.values()).backward()
         return {k: v.detach() for k, v in out.items()}
 
-    models = {"eager": tv, **({"compile": s.compiled(tv)} if s.compile_mode else {}), "fpnops": fused}
+    models = {"eager": tv, **({"compile": compiled} if s.compile_mode else {}), "fpnops": fused}
     impls = {k: (lambda m=m: step(m)) for k, m in models.items()}
 
     def expected():
@@ -172,7 +189,8 @@ def _fpn_case(s, mode):
     tol = {k: s.loose_tol() for k in impls}
     tol["fpnops"] = 0.0  # FusedFPN is bit-identical to torchvision's FPN
     c2 = level_size(s.size, 4)
-    return Case(f"FPN neck {mode} {s.batch}x256x{c2[0]}x{c2[1]} (P2)", {"mode": mode}, impls, expected, tol)
+    return Case(f"FPN neck {mode} {s.batch}x256x{c2[0]}x{c2[1]} (P2)", {"mode": mode}, impls, expected, tol,
+                setup_ms=setup_ms)
 
 
 # --- backbone: ResNet50 and ResNet50-FPN inference ----------------------------------------------
@@ -203,11 +221,12 @@ def _backbone_case(s, name):
     model = randomize_bn(BACKBONES[name]()).eval()
     ref64 = copy.deepcopy(model).to(s.device, torch.float64)
     eager = model.to(device=s.device, dtype=s.dtype, memory_format=s.memory_format)
-    fused = fpnops.fuse(eager)
+    # compile gets its own copy: freezing may fold the weights of the module it compiles.
+    fused, compiled, setup_ms = _setup(s, eager, fpnops.fuse, copy.deepcopy(eager) if s.compile_mode else None)
     x = s.randn(s.batch, 3, *s.size)
     models = {"eager": eager}
     if s.compile_mode:
-        models["compile"] = s.compiled(copy.deepcopy(eager))
+        models["compile"] = compiled
     models["fpnops"] = fused
 
     def run(m):
@@ -220,7 +239,7 @@ def _backbone_case(s, name):
 
     impls = {k: (lambda m=m: run(m)) for k, m in models.items()}
     return Case(f"{name} {s.batch}x3x{s.size[0]}x{s.size[1]}", {"model": name}, impls, expected,
-                {k: s.loose_tol() for k in impls}, compile_config={"freezing": True})
+                {k: s.loose_tol() for k in impls}, compile_config={"freezing": True}, setup_ms=setup_ms)
 
 
 def cases(suite, s):

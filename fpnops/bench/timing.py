@@ -77,6 +77,27 @@ def compare(fns, device, rounds=30, warmup=3, inner=1):
     return samples
 
 
+def wall_ms(fn, device):
+    """(fn(), its wall time in ms): one call, as a user meets it (CUDA: synchronized before and
+    after, so queued work is neither charged to it nor left out)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return out, (time.perf_counter() - t0) * 1e3
+
+
+def cold_compile_cache():
+    """A context in which torch.compile finds nothing cached, as on a user's first run: inductor's
+    cache folder (FX graphs, AOTAutograd, compiled C++ and Triton kernels) is a new empty
+    temporary folder (TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR), its in-memory caches are
+    cleared on entry and exit, and the folder is deleted afterwards."""
+    from torch._inductor import utils
+    return (getattr(utils, "fresh_cache", None) or utils.fresh_inductor_cache)()
+
+
 def copy_bandwidth(device, nbytes=None, rounds=20):
     """The device's copy bandwidth in GB/s (bytes read + written per second), measured with a
     preallocated tensor copy large enough to miss the caches."""
