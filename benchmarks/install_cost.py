@@ -97,7 +97,8 @@ def build(variant):
         seconds = time.perf_counter() - t0
         if r.returncode:
             sys.exit(f"build {variant} failed:\n{(r.stdout + r.stderr)[-3000:]}")
-        line = re.search(r"^\s*(fpnops: building.*)$", r.stdout, re.M)
+        # pip -v writes the build's output to stderr, indented
+        line = re.search(r"^\s*(fpnops: building.*)$", r.stdout + r.stderr, re.M)
         wheel = [os.path.join(out, w) for w in os.listdir(out) if w.endswith(".whl")][0]
         return {"env": BUILDS[variant], "seconds": seconds, "message": line and line.group(1).strip(),
                 "wheel_bytes": os.path.getsize(wheel), "load_before": before, "load_after": load()}
@@ -118,10 +119,16 @@ def main():
     p.add_argument("--tests", action="store_true", help="also time the test suite")
     p.add_argument("--no-download", action="store_true", help="skip sizing the download")
     p.add_argument("--out", metavar="FILE.json", required=True)
+    p.add_argument("--merge", action="store_true",
+                   help="keep what --out already holds, replacing only what this run measures")
     args = p.parse_args()
     import torch
-    result = {"schema": "fpnops.install/1", "command": "python benchmarks/" + " ".join(
-        [os.path.basename(__file__), *sys.argv[1:]]),
+    command = "python benchmarks/" + " ".join([os.path.basename(__file__), *sys.argv[1:]])
+    old = {}
+    if args.merge and os.path.exists(args.out):
+        with open(args.out) as f:
+            old = json.load(f)
+    result = {**old, "schema": "fpnops.install/1", "command": "; ".join(filter(None, [old.get("command"), command])),
         "machine": {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                     "python": platform.python_version(), "torch": torch.__version__,
                     "pip": importlib.metadata.version("pip")}}
@@ -133,7 +140,7 @@ def main():
     if not args.no_download:
         result["download"] = download()
         result["installed_bytes"] = installed(result["download"]["by_package"])
-    result["builds"] = {}
+    result["builds"] = dict(old.get("builds", {}))
     for variant in args.builds:
         print(f"building {variant} ...", file=sys.stderr, flush=True)
         result["builds"][variant] = build(variant)

@@ -12,6 +12,7 @@ Exit status: 0 when fused and reference agree, 1 when they do not, 2 on a usage 
 """
 import argparse
 import collections
+import datetime
 import json
 import os
 import platform
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 
 import fpnops
 from fpnops.bench import image_size, positive_int, rel_err
-from fpnops.bench.timing import compare, summarize
+from fpnops.bench.timing import compare, machine, summarize
 
 LEVELS = ("P2", "P3", "P4", "P5", "P6")
 TOLERANCE = 1e-4  # float32: BN folding moves a ResNet50's outputs ~1e-6 relative
@@ -184,7 +185,9 @@ def run(args, parser=None):
                "levels": levels, "tolerance": TOLERANCE, "ok": ok,
                "timing": {"rounds": args.rounds, **stats},
                "versions": {"fpnops": fpnops.__version__, "torch": torch.__version__,
-                            "python": platform.python_version()}}
+                            "python": platform.python_version()},
+               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "machine": {k: v for k, v in machine().items() if k in ("cpu", "cpu_count", "cpu_threads", "gpu")}}
     with open(paths[-1], "w") as fh:
         json.dump(payload, fh, indent=2)
     for path in paths:

@@ -17,7 +17,8 @@ from helpers import run_cli
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LEVELS = ["P2", "P3", "P4", "P5", "P6"]
 JSON_KEYS = {"command", "image", "image_size", "size", "device", "dtype", "seed", "bn_randomized",
-             "fused_modules", "parameters", "levels", "tolerance", "ok", "timing", "versions"}
+             "fused_modules", "parameters", "levels", "tolerance", "ok", "timing", "versions", "date",
+             "machine"}
 
 
 def run_demo(*args, cwd, pythonpath=()):
@@ -58,6 +59,7 @@ def check_outputs(r, cwd, out, size):
     t = data["timing"]
     assert t["rounds"] == 1 and t["reference"]["speedup"] == 1.0 and t["fused"]["median_ms"] > 0
     assert data["versions"]["torch"] == torch.__version__ and data["versions"]["fpnops"] == fpnops.__version__
+    assert data["date"].endswith("+00:00") and data["machine"]["cpu_count"] == os.cpu_count()  # provenance
     return data
 
 

@@ -24,8 +24,8 @@ from fpnops.bench.timing import (cold_compile_cache, compare, copy_bandwidth, ma
                                  summarize, wall_ms)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Defaults per device: the CPU ones finish in under 2 minutes on a 2-core machine; the CUDA ones
-# are the detector-training shapes of the performance targets.
+# Defaults per device: the CPU ones are small enough for a 2-core machine (README "Benchmarks"
+# has the measured run time); the CUDA ones are the detector-training shapes of the targets.
 DEFAULTS = {"cpu": {"dtype": ["float32"], "batch": 1, "size": "512x512", "layout": "contiguous",
                     "rounds": 5, "warmup": 1},
             "cuda": {"dtype": ["float16"], "batch": 8, "size": "800x800", "layout": "channels_last",
@@ -67,9 +67,11 @@ def add_arguments(p):
                         "max-autotune-no-cudagraphs, ...) or 'none' to skip it; backbones compile "
                         "with inductor freezing")
     p.add_argument("--quick", action="store_true",
-                   help="fewer cases and rounds: a smoke run (about a tenth of the default's time)")
+                   help="fewer cases (P2, P3, one conv, the FPN forward, ResNet50-FPN) and half the rounds: a "
+                        "smoke run; most of a run's time is building models and compiling, so it "
+                        "saves less time than it drops cases (README: Benchmarks)")
     p.add_argument("--out", metavar="FILE.json", help="write every figure, the machine and the versions")
-    p.add_argument("--plot", metavar="FILE.png", help="bar chart of the speedups over eager (matplotlib)")
+    p.add_argument("--plot", metavar="FILE.png", help="bar charts of the speedups over eager and of the start-up costs (matplotlib)")
 
 
 def settings_from(args, parser):
