@@ -26,13 +26,18 @@ class _Backends(dict):
 
     def __missing__(self, key):
         if key == "cuda":
-            import warnings
-            warnings.warn('fpnops.backends()["cuda"] is deprecated: it meant "cuda_compiled" (CUDA '
-                          'kernels were built); "cuda_available" says whether a GPU is visible now',
-                          FutureWarning, stacklevel=2)
-            return self["cuda_compiled"]
+            return self._old_cuda(stacklevel=3)
         raise KeyError(key)
 
+    def get(self, key, default=None):  # dict.get skips __missing__: .get("cuda") would be None
+        return self._old_cuda(stacklevel=3) if key == "cuda" else super().get(key, default)
+
+    def _old_cuda(self, stacklevel):
+        import warnings
+        warnings.warn('fpnops.backends()["cuda"] is deprecated: it meant "cuda_compiled" (CUDA '
+                      'kernels were built); "cuda_available" says whether a GPU is visible now',
+                      FutureWarning, stacklevel=stacklevel)
+        return self["cuda_compiled"]
 
 def backends():
     """What this install has, and what this process can use now:

@@ -29,6 +29,9 @@ def test_backends_old_cuda_key_reads_with_a_warning():
     b = fpnops.backends()
     with pytest.warns(FutureWarning, match='"cuda_compiled".*"cuda_available"'):
         assert b["cuda"] == b["cuda_compiled"]
+    with pytest.warns(FutureWarning, match='"cuda_compiled"'):  # not a silent None
+        assert b.get("cuda") == b["cuda_compiled"]
+    assert b.get("nope") is None and b.get("nope", 3) == 3
     with pytest.raises(KeyError):
         b["nope"]
 
@@ -88,3 +91,29 @@ def test_setup_force_cuda_without_toolkit_fails(monkeypatch):
         setup.want_cuda(torch, None)
     monkeypatch.setenv("FPNOPS_BUILD_CUDA", "0")
     assert setup.want_cuda(torch, "/usr/local/cuda") is False
+
+
+@pytest.mark.parametrize("force, says", [("0", "the C++ CPU kernels only (no CUDA)"),
+                                         ("1", "the C++ CPU kernels and the CUDA kernels for archs 9.0 (toolkit ")])
+def test_build_says_what_it_compiles(monkeypatch, capfd, force, says):
+    """setup.py's build_ext prints what it compiles when compiling starts (pip -v shows it)."""
+    setup = _setup_module()
+    if force == "1" and (setup.find_cuda_home() is None or torch.version.cuda is None):
+        pytest.skip("no CUDA toolkit or a CPU torch: no CUDA build to announce")
+    captured = {}
+    monkeypatch.setattr(setup, "setup", lambda **kw: captured.update(kw))
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("FPNOPS_BUILD_CUDA", force)
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
+    if "CUDA_HOME" in os.environ:  # main() sets it: monkeypatch puts back what was there
+        monkeypatch.setenv("CUDA_HOME", os.environ["CUDA_HOME"])
+    else:
+        monkeypatch.delenv("CUDA_HOME", raising=False)
+    setup.main()
+    build = captured["cmdclass"]["build_ext"]
+    compiled = []
+    monkeypatch.setattr(build.__mro__[1], "run", lambda self: compiled.append(True))  # compile nothing
+    build.run(object.__new__(build))
+    line = capfd.readouterr().out.strip()
+    assert compiled and line.startswith(f"fpnops: building {says}")
+    assert line.endswith(f" against torch {torch.__version__}; `pip install -v` shows the compiler's log")
