@@ -2,6 +2,7 @@
 
     python benchmarks/readme_figures.py           # rewrite the README's figure blocks
     python benchmarks/readme_figures.py --check   # exit 1 if the README and the files disagree
+    python benchmarks/readme_figures.py --commands  # the commands that write those files
 
 A figure block in the README is `<!-- figure NAME -->...<!-- /figure -->` (a whole section or a
 few words inside a sentence); this script owns what is between the markers and writes it from
@@ -295,7 +296,12 @@ def render(text, values=None):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--check", action="store_true", help="only compare; exit 1 on a difference")
+    p.add_argument("--commands", action="store_true",
+                   help="print the commands that write the results files the README uses, and exit")
     args = p.parse_args()
+    if args.commands:
+        print("\n".join(REGENERATE.values()))
+        return 0
     path = os.path.join(ROOT, "README.md")
     with open(path) as f:
         text = f.read()
