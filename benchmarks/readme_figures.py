@@ -59,7 +59,7 @@ def rows_by_case(data):
     """{case label: {impl: row}} in the file's order."""
     out = {}
     for r in data["results"]:
-        out.setdefault(f"{r['case']} ({r['dtype']})", {})[r["impl"]] = r
+        out.setdefault(f"{r['case']} {r['dtype']}", {})[r["impl"]] = r
     return out
 
 
@@ -77,7 +77,9 @@ def ratio(x):
 
 
 def seconds(x_ms):
-    return "-" if x_ms is None else f"{x_ms / 1e3:.2f}"
+    if x_ms is None:
+        return "-"
+    return "<0.01" if x_ms < 10 else f"{x_ms / 1e3:.2f}"
 
 
 def gb(n):

@@ -80,7 +80,7 @@ def test_figures_from_a_schema2_run_show_the_setup_costs():
     cpu = _schema2(figures.load("cpu-2core.json"))
     values = figures.figures(_loader(figures, cpu))
     setup = values["bench-cpu-setup"]
-    module_cases = {f"{r['case']} ({r['dtype']})" for r in cpu["results"] if r["first_call_ms"] is not None}
+    module_cases = {f"{r['case']} {r['dtype']}" for r in cpu["results"] if r["first_call_ms"] is not None}
     assert len(module_cases) == 4 and all(f"| {c} |" in setup for c in module_cases)
     fpn = {r["impl"]: r for r in cpu["results"] if r["case"].startswith("resnet50_fpn ")}
     pays = fpn["compile"]["breakeven_calls"]
