@@ -125,12 +125,14 @@ def _drop(cache):
         cache.clear()
 
 
-def _fused_chain(who, x, steps, residual, cache, backend):
+def _fused_chain(who, x, steps, residual, cache, backend, bound=None):
     """relu?(bn(conv(...)) ...) over steps [(conv name, _Pair, relu)], each one fused conv, the
     last adding `residual`: None, "x" (x itself), a tensor, or (name, _Pair) of a conv -> BN on x
     (a folded downsample).
-    Returns None where the CPU float32 inference path cannot prove that no NaN reaches a ReLU
-    (the caller then runs the original math). cache None: traced, nothing kept."""
+    Returns (y, bound on |y|), the bound None where the path taken needs none (only the CPU
+    float32 inference path does: see _packed_chain; `bound` is x's there, None: measure it), or
+    None where that path cannot prove that no NaN reaches a ReLU (the caller then runs the
+    original math). cache None: traced, nothing kept."""
     name0, pair0, _ = steps[0]
     _check_x(who, name0, x, pair0.conv)
     pairs = [p for _, p, _ in steps] + ([residual[1]] if isinstance(residual, tuple) else [])
@@ -142,7 +144,7 @@ def _fused_chain(who, x, steps, residual, cache, backend):
     else:
         folds = [cache.folded(p, ts) for p, ts in zip(pairs, tensors)]
         if not isinstance(residual, torch.Tensor) and _packed_applies(x, backend, folds):
-            return _packed_chain(who, x, steps, residual, folds, cache)
+            return _packed_chain(who, x, steps, residual, folds, cache, bound)
         folds = [(f.weight, f.bias) for f in folds]
     res = x if isinstance(residual, str) else residual
     if isinstance(residual, tuple):
@@ -151,24 +153,36 @@ def _fused_chain(who, x, steps, residual, cache, backend):
     for i, (name, pair, relu) in enumerate(steps):
         last = i == len(steps) - 1
         x = _op(f"{who}.{name}", x, *folds[i], pair.args, res if last else None, relu, backend)
-    return x
+    return x, None
 
 
-def _packed_chain(who, x, steps, residual, folds, cache):
-    # The NaN test: oneDNN's ReLU post-op maps NaN to 0. A bound on every value each conv can
-    # compute (its constants from the cache) proves none overflows, so no NaN is made; an
-    # input bound that is not finite, or one that grows too large, runs the original math.
-    bound = res_bound = torch.ops.fpnops.max_abs(x)
+def _chain_bound(bound, residual, folds, n):
+    """A bound on |values| of every step of a chain of n convs on an input bounded by `bound`,
+    and on its output; None where one reaches SAFE_BOUND (or bound is NaN or inf)."""
+    res_bound = bound
     if isinstance(residual, tuple):
         res_bound = bound * folds[-1].gain + folds[-1].offset
     elif residual is None:
         res_bound = 0.0
-    for i in range(len(steps)):
+    for i in range(n):
         bound = bound * folds[i].gain + folds[i].offset
         if not (bound < SAFE_BOUND and res_bound < SAFE_BOUND):
             return None
-    if not bound + res_bound < SAFE_BOUND:
-        return None
+    out = bound + res_bound
+    return out if out < SAFE_BOUND else None
+
+
+def _packed_chain(who, x, steps, residual, folds, cache, bound=None):
+    # The NaN test: oneDNN's ReLU post-op maps NaN to 0. A bound on every value each conv can
+    # compute (its constants from the cache) proves none overflows, so no NaN is made; an
+    # input bound that is not finite, or one that grows too large, runs the original math.
+    # `bound`: one on |x| the caller knows (the output bound of the fused call that made x,
+    # nothing run in between): no read of x; where it proves too loose, x is read after all.
+    out_bound = None if bound is None else _chain_bound(bound, residual, folds, len(steps))
+    if out_bound is None:
+        out_bound = _chain_bound(torch.ops.fpnops.max_abs(x), residual, folds, len(steps))
+        if out_bound is None:
+            return None
     shape = tuple(x.shape)
     packs = cache.packed(steps[0][0], shape, folds, lambda: _pack(who, shape, steps, folds, residual))
     prepacked = torch.ops.fpnops.conv_bn_act_cpu_prepacked
@@ -181,7 +195,7 @@ def _packed_chain(who, x, steps, residual, folds, cache):
         last = i == len(steps) - 1
         x = prepacked(x, packs[i], folds[i].bias, stride, padding, dilation, groups,
                       res if last else None, relu)
-    return x
+    return x, out_bound
 
 
 # --- Sequentials and stems: runs of conv -> BN (-> ReLU) among other modules --------------------
@@ -209,6 +223,12 @@ def run_folding(who, named_modules, x, cache, backend, on_output=None, keep=()):
     (see _run_at) as one fused conv on folded weights. on_output(name, x), if given, sees the
     output of every module (of a fused run: under the run's last name). `who` names the owner
     in errors."""
+    return _run_bounded(who, named_modules, x, cache, backend, on_output, keep)[0]
+
+
+def _run_bounded(who, named_modules, x, cache, backend, on_output=None, keep=(), bound=None):
+    """run_folding, passing bounds on |x| from one fused call to the next (see _call_bounded):
+    (x, bound on |x| or None). `bound`: one on the input's, or None."""
     mods = list(named_modules)
     if torch.compiler.is_compiling():
         cache = None  # traced: Inductor folds and packs itself; no state kept
@@ -216,16 +236,44 @@ def run_folding(who, named_modules, x, cache, backend, on_output=None, keep=()):
     i = 0
     while i < len(mods):
         steps, n = (None, 1) if everywhere else _run_at(mods, i, keep, cache)
-        y = None if steps is None else _fused_chain(who, x, steps, None, cache, backend)
-        if y is None:
+        y = None if steps is None else _fused_chain(who, x, steps, None, cache, backend, bound)
+        if y is not None:
+            x, bound = y
+        elif n == 1 and not everywhere and cache is not None:
+            x, bound = _call_bounded(mods[i][1], x, bound)
+        else:
             for _, m in mods[i:i + n]:  # as nn.Sequential: also where the NaN test failed
                 x = m(x)
-        else:
-            x = y
+            bound = None
         i += n
         if on_output is not None:
             on_output(mods[i - 1][0], x)
-    return x
+    return x, bound
+
+
+def _call_bounded(m, x, bound):
+    """m(x) and a bound on its |values| (None where unknown), for a module whose forward is
+    known to fpnops: a fused block or Sequential is run with `bound` on |x| (it then reads x only
+    where that bound proves too loose), max pooling and ReLU keep it. Only where nothing but
+    m's own forward can run (no hooks on m, not traced, not compiled by m.compile()): then no
+    code in between can change x after the bound on it was made, inference tensors included.
+    Anything else: m(x) as usual."""
+    kind = type(m)
+    if _exact.has_hooks(m) or m._compiled_call_impl is not None or torch.jit.is_tracing():
+        return m(x), None
+    if kind in (FusedBottleneck, FusedBasicBlock):
+        return m._forward_bounded(x, bound)
+    if kind is FusedConvBNAct:
+        return _run_bounded(kind.__name__, m._modules.items(), x, m._fpnops_cache, m.backend,
+                            bound=bound)
+    if kind is nn.Sequential:  # a ResNet layer: its fused blocks (a conv in it is not fused)
+        for child in m._modules.values():
+            x, bound = _call_bounded(child, x, bound)
+        return x, bound
+    y = m(x)
+    if bound is not None and ((kind is nn.MaxPool2d and not m.return_indices) or kind is nn.ReLU):
+        return y, bound  # each value is one of x's (or 0): no larger
+    return y, None
 
 
 class FusedConvBNAct(CacheOwner, nn.Sequential):
@@ -324,13 +372,17 @@ class _FusedBlock(CacheOwner, nn.Module):
         return fused.train(m.training)
 
     def forward(self, x):
+        return self._forward_bounded(x, None)[0]
+
+    def _forward_bounded(self, x, bound):
+        """(forward(x), a bound on |its values| or None); `bound`: one on |x|, or None."""
         cache = None if torch.compiler.is_compiling() else self._fpnops_cache  # traced: none
         steps, residual = self._plan(x, cache)
         if steps is not None:
-            y = _fused_chain(type(self).__name__, x, steps, residual, cache, self.backend)
+            y = _fused_chain(type(self).__name__, x, steps, residual, cache, self.backend, bound)
             if y is not None:
                 return y
-        return self._source.forward(self, x)
+        return self._source.forward(self, x), None
 
     def _plan(self, x, cache):
         """(steps, residual) for _fused_chain, or (None, None) where this call must run the

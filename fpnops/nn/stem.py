@@ -45,8 +45,10 @@ class _StemMixin(CacheOwner):
 
 class _FusedTorchvisionResNet(_StemMixin):
     def _forward_impl(self, x):
-        x = self.maxpool(self._stem(x))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        # torchvision's order; as one run so that bounds pass from stem to layer4 (resnet.py)
+        mods = [(n, getattr(self, n)) for n in ("conv1", "bn1", "relu", "maxpool", "layer1",
+                                                "layer2", "layer3", "layer4")]
+        x = run_folding(type(self).__name__, mods, x, self._fpnops_cache, self._fpnops_backend)
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
