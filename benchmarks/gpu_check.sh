@@ -50,8 +50,15 @@ python3 -P -m fpnops bench --device cuda --suite backbone --dtype float16 bfloat
   --compile-mode max-autotune-no-cudagraphs \
   --out "$OUT/$gpu-backbone.json" --plot "$OUT/$gpu-backbone.png" > "$OUT/bench_backbone.txt" 2>&1
 echo "bench backbone rc=$?"
+# Static codegen (SASS: 128-bit accesses, spills, instructions per byte against the H100
+# model) of the kernels just measured, printed next to their bandwidth.
+if [ -f benchmarks/codegen_report.py ]; then
+  python3 -P benchmarks/codegen_report.py > "$OUT/codegen.txt" 2>&1
+  echo "codegen report rc=$?"
+fi
 
 echo "== tests"; tail -n 3 "$OUT/tests.log"
 echo "== sanitizer"; tail -n 3 "$OUT/sanitizer.log"
 echo "== ops + FPN neck"; grep -v Warning "$OUT/bench.txt" | tail -n 80
+if [ -f "$OUT/codegen.txt" ]; then echo "== codegen (SASS)"; tail -n 60 "$OUT/codegen.txt"; fi
 echo "== backbones"; grep -v Warning "$OUT/bench_backbone.txt" | tail -n 20
