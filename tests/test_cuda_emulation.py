@@ -31,8 +31,12 @@ HUGE = 2**31  # a sample stride that forces 64-bit index math on the GPU
 
 @pytest.fixture(scope="session")
 def emu():
-    """torch.ops.fpnops_emu (built once per session; None where it cannot be built)."""
-    return None if cuda_emulation.unavailable() else cuda_emulation.load()
+    """torch.ops.fpnops_emu (built once per session; None where it cannot be built, a failure
+    there with FPNOPS_REQUIRE_EMULATION=1)."""
+    why = cuda_emulation.unavailable()
+    if why and cuda_emulation.REQUIRED:
+        pytest.fail(f"FPNOPS_REQUIRE_EMULATION=1 but {why}")
+    return None if why else cuda_emulation.load()
 
 
 def need(emu, device):
@@ -452,6 +456,12 @@ def test_fixed_divisors_divide_exactly(emu):
             q, r = emu.divide(n, d, wide)
             # exact integer reference (torch's int64 // and % are exact)
             assert torch.equal(q, n // d) and torch.equal(r, n % d), (wide, d)
+
+
+def test_missing_compiler_is_named(monkeypatch):
+    """Where the emulation cannot be built, the skip (or, in CI, the failure) says why."""
+    monkeypatch.setenv("CXX", "no-such-compiler-fpnops")
+    assert "no C++ compiler ('no-such-compiler-fpnops'" in cuda_emulation.unavailable()
 
 
 def test_emulation_detects_a_wrong_answer(emu):
