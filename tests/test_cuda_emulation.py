@@ -6,16 +6,20 @@ must take (16-byte packs or scalar, top / grad read as packs, NCHW / NHWC), so e
 shown to run; 64-bit index math and the grid-stride loop are reached with small tensors by
 lowering the launch limits (and the boundary of the 32-bit choice is checked).
 
-With a GPU, the same cases run through fpnops' CUDA kernels against eager on the GPU, their
-variant read from the same launch plans; 64-bit index math there comes from an operand whose
-offsets pass 2**31 (a sample 2**31 elements after the other)."""
+With a GPU, the same cases run through fpnops' CUDA kernels against eager on the GPU, with the
+same lowered limits (fpnops::_set_cuda_launch_limits), their variant read from the same launch
+plans. 64-bit index math there also comes from real offsets past 2**31: upsample_add's operand
+with a sample 2**31 elements after the other, and an epilogue of more than 2**31 elements."""
+import contextlib
 import functools
 
 import pytest
 import torch
 from conftest import CUDA_SKIP
+from helpers import assert_bad_inputs
 
 import cuda_emulation
+from fpnops import _extension
 from fpnops.ops import _nearest
 from fpnops.ops.upsample_add import upsample_add_reference
 
@@ -126,6 +130,16 @@ def limits(case, index):
     return case.get("max_blocks", -1), (0 if index == 64 else -1)
 
 
+@contextlib.contextmanager
+def gpu_limits(max_blocks, max_index32):
+    """fpnops' CUDA launchers under the emulation's lowered limits (-1: the real launch's)."""
+    torch.ops.fpnops._set_cuda_launch_limits(max_blocks, max_index32)
+    try:
+        yield
+    finally:
+        torch.ops.fpnops._set_cuda_launch_limits(-1, -1)
+
+
 def want_of(case, dtype):
     want = case["want"]
     return want(VEC[dtype]) if callable(want) else want
@@ -216,11 +230,13 @@ def test_upsample_add_forward(emu, device, dtype, name):
                 top = lay_out(top_v, case["lay"][0], "cuda")
                 lat = lay_out(lat_v, case["lay"][1], "cuda")
                 if index == 64:
-                    top = far_apart(top)
-                out = torch.ops.fpnops.upsample_add(top, lat, sh, sw)
+                    top = far_apart(top)  # real offsets past 2**31, the real limits decide
+                max_blocks = limits(case, index)[0]
+                with gpu_limits(max_blocks, -1):
+                    out = torch.ops.fpnops.upsample_add(top, lat, sh, sw)
                 scale = None if sh is None else (sh, sw)
                 assert_same(out, upsample_add_reference(top, lat, scale), what + " vs eager")
-                plan = None if emu is None else emu.upsample_add(top, lat, sh, sw, False, -1, -1)[1]
+                plan = None if emu is None else emu.upsample_add(top, lat, sh, sw, False, max_blocks, -1)[1]
             assert_same(out, forward_reference(top, lat, sh, sw), what)
             assert out.stride() == _nearest.output_strides(lat.shape, _nearest.output_memory_format(lat))
             if plan is not None:
@@ -319,11 +335,13 @@ def test_upsample_add_backward_top(emu, device, dtype, name):
             else:
                 grad = lay_out(grad_v, case["lay"], "cuda")
                 if index == 64 and want != "none":
-                    grad = far_apart(grad)
-                gtop = torch.ops.fpnops.upsample_add_backward_top(grad, th, tw, sh, sw)
+                    grad = far_apart(grad)  # real offsets past 2**31, the real limits decide
+                max_blocks = limits(case, index)[0]
+                with gpu_limits(max_blocks, -1):
+                    gtop = torch.ops.fpnops.upsample_add_backward_top(grad, th, tw, sh, sw)
                 assert_same(gtop, eager_backward(grad, th, tw, sh, sw), what + " vs eager")
                 plan = None if emu is None else emu.upsample_add_backward_top(
-                    grad, th, tw, sh, sw, False, -1, -1)[1]
+                    grad, th, tw, sh, sw, False, max_blocks, -1)[1]
             assert_same(gtop, backward_reference(grad, th, tw, sh, sw), what)
             if plan is not None:
                 assert describe(plan) == ((want, index) if want != "none" else ("none", None)), what
@@ -395,7 +413,7 @@ def test_conv_epilogue(emu, device, dtype, name):
         # finite x): special values there go into the bias and the residual only.
         y_v = values(case["y"], dtype, 4, special and device == "emulated")
         res_v = values(case["y"], dtype, 5, special) if case["res"] else None
-        for index in (32, 64) if device == "emulated" else (32,):
+        for index in (32, 64):
             what = f"{name} {dtype} special={special} index={index}"
             y = lay_out(y_v, case["lay"], "cpu" if device == "emulated" else "cuda")
             bias = make_bias(c, dtype, case["bias"], y.device, 6, special)
@@ -403,9 +421,11 @@ def test_conv_epilogue(emu, device, dtype, name):
             if device == "emulated":
                 out, plan = emu.conv_epilogue(y, bias, res, relu, True, *limits(case, index))
             else:
+                # 64 bits by the lowered limit here; from real offsets: the test at the end
                 eye = torch.eye(c, dtype=dtype, device="cuda").view(c, c, 1, 1)
-                out = torch.ops.fpnops.conv_bn_act(y, eye, bias, [1, 1], [0, 0], [1, 1], 1, res, relu)
-                plan = None if emu is None else emu.conv_epilogue(y, bias, res, relu, False, -1, -1)[1]
+                with gpu_limits(*limits(case, index)):
+                    out = torch.ops.fpnops.conv_bn_act(y, eye, bias, [1, 1], [0, 0], [1, 1], 1, res, relu)
+                plan = None if emu is None else emu.conv_epilogue(y, bias, res, relu, False, *limits(case, index))[1]
             assert_same(out, epilogue_reference(y, bias, res, relu), what)
             assert out.stride() == _nearest.output_strides(y.shape, _nearest.output_memory_format(y))
             if plan is not None:
@@ -456,6 +476,29 @@ def test_fixed_divisors_divide_exactly(emu):
             q, r = emu.divide(n, d, wide)
             # exact integer reference (torch's int64 // and % are exact)
             assert torch.equal(q, n // d) and torch.equal(r, n % d), (wide, d)
+
+
+def test_lowered_limits_are_checked(emu):
+    """The limits the tests lower (here and on the GPU: launch.cuh, lowered_limits) refuse what
+    the launch could not honour, naming the argument."""
+    need(emu, "emulated")
+    top, lat = values((2, 3, 5, 8), torch.float32, 1, False), values((2, 3, 10, 16), torch.float32, 2, False)
+    for max_blocks, max_index32, message in ((0, -1, r"max_blocks must be -1 or in \[1, 524280\], got 0"),
+                                              (-1, 2**31, r"max_index32 must be .*, got 2147483648")):
+        with pytest.raises(RuntimeError, match=message):
+            emu.upsample_add(top, lat, None, None, True, max_blocks, max_index32)
+
+
+@pytest.mark.skipif(not _extension.WITH_CUDA, reason="fpnops._C was built without its CUDA kernels")
+def test_gpu_launch_limits_are_checked():
+    """The GPU launchers' test hook refuses the same (it needs no GPU to be called)."""
+    f = "torch.ops.fpnops._set_cuda_launch_limits"
+    assert_bad_inputs([
+        ("no_blocks", f"{f}(0, -1)", "RuntimeError", r"max_blocks must be -1 or in \[1, 524280\], got 0"),
+        ("too_many_blocks", f"{f}(524281, -1)", "RuntimeError", r"max_blocks .* got 524281"),
+        ("index32_past_int32", f"{f}(-1, 2**31)", "RuntimeError", r"max_index32 .* got 2147483648"),
+        ("index32_negative", f"{f}(-1, -2)", "RuntimeError", r"max_index32 .* got -2"),
+    ])
 
 
 def test_missing_compiler_is_named(monkeypatch):

@@ -25,7 +25,7 @@ at::Tensor conv_bn_act_cuda(const at::Tensor& x, const at::Tensor& weight,
   at::Tensor out = at::convolution(x, weight, std::nullopt, stride, padding, dilation, false,
                                    {0, 0}, groups).contiguous(fmt);
   if (out.numel() > 0 && (bias.has_value() || res.has_value() || relu)) {
-    conv_epilogue_launch(out, bias, res, relu, GpuLaunch{});
+    conv_epilogue_launch(out, bias, res, relu, GpuLaunch{}, gpu_launch_limits());
   }
   return out;
 }

@@ -86,6 +86,19 @@ struct LaunchLimits {
   int64_t max_index32 = std::numeric_limits<int32_t>::max();  // largest offset for 32-bit math
 };
 
+// Limits lowered for tests (-1: the real launch's): the emulation's, and the GPU launchers' via
+// fpnops::_set_cuda_launch_limits.
+inline LaunchLimits lowered_limits(int64_t max_blocks, int64_t max_index32) {
+  TORCH_CHECK(max_blocks == -1 || (max_blocks >= 1 && max_blocks <= kMaxBlocks),
+              "max_blocks must be -1 or in [1, ", kMaxBlocks, "], got ", max_blocks);
+  TORCH_CHECK(max_index32 >= -1 && max_index32 <= std::numeric_limits<int32_t>::max(),
+              "max_index32 must be -1 or in [0, 2**31 - 1], got ", max_index32);
+  LaunchLimits l;
+  if (max_blocks > 0) l.max_blocks = max_blocks;
+  if (max_index32 >= 0) l.max_index32 = max_index32;
+  return l;
+}
+
 inline int64_t num_blocks(int64_t work, const LaunchLimits& limits) {
   const int64_t blocks = (work + kThreads - 1) / kThreads;
   return blocks < 1 ? 1 : (blocks > limits.max_blocks ? limits.max_blocks : blocks);
@@ -157,6 +170,14 @@ void launch_on_gpu(const LaunchPlan& plan, const typename K::Args& args) {
   grid_kernel<K><<<static_cast<unsigned>(plan.blocks), kThreads, 0,
                    c10::cuda::getCurrentCUDAStream()>>>(args);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// The limits the GPU launchers use: the real launch's, unless a test lowered them
+// (fpnops::_set_cuda_launch_limits) to reach the 64-bit kernels and the grid-stride loop on the
+// GPU with small tensors, as the emulation does. Not thread-safe: for tests only.
+inline LaunchLimits& gpu_launch_limits() {
+  static LaunchLimits limits;
+  return limits;
 }
 
 // The `launch` argument of the <op>_launch functions, on the GPU.

@@ -17,7 +17,7 @@ at::Tensor upsample_add_cuda(const at::Tensor& top, const at::Tensor& lateral,
               lateral.device());
   const c10::cuda::CUDAGuard guard(lateral.device());
   at::Tensor out = empty_like_lateral(lateral);
-  upsample_add_launch(out, top, lateral, scale_h, scale_w, GpuLaunch{});
+  upsample_add_launch(out, top, lateral, scale_h, scale_w, GpuLaunch{}, gpu_launch_limits());
   return out;
 }
 
@@ -29,11 +29,22 @@ at::Tensor upsample_add_backward_top_cuda(const at::Tensor& grad, int64_t top_h,
               grad.device());
   const c10::cuda::CUDAGuard guard(grad.device());
   at::Tensor gtop = backward_top_output(grad, top_h, top_w);
-  upsample_add_backward_top_launch(gtop, grad, scale_h, scale_w, GpuLaunch{});
+  upsample_add_backward_top_launch(gtop, grad, scale_h, scale_w, GpuLaunch{},
+                                   gpu_launch_limits());
   return gtop;
 }
 
+// Tests only: lowers the GPU launchers' limits (-1: the real launch's), as the emulation's
+// max_blocks and max_index32 do, so small tensors reach every variant on the GPU too.
+void set_cuda_launch_limits(int64_t max_blocks, int64_t max_index32) {
+  gpu_launch_limits() = lowered_limits(max_blocks, max_index32);
+}
+
 }  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fpnops, m) {
+  m.def("_set_cuda_launch_limits(int max_blocks, int max_index32) -> ()", &set_cuda_launch_limits);
+}
 
 TORCH_LIBRARY_IMPL(fpnops, CUDA, m) {
   m.impl("upsample_add", &upsample_add_cuda);

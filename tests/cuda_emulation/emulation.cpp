@@ -69,13 +69,6 @@ void check_guards(const Guarded& g) {
   TORCH_CHECK(ok, "emulated kernel wrote outside its output");
 }
 
-LaunchLimits limits_of(int64_t max_blocks, int64_t max_index32) {
-  LaunchLimits l;
-  if (max_blocks > 0) l.max_blocks = max_blocks;
-  if (max_index32 >= 0) l.max_index32 = max_index32;
-  return l;
-}
-
 std::vector<int64_t> plan_list(const LaunchPlan& p) {
   return {p.vec, p.channels_last, p.operand_packed, p.index32, p.work, p.blocks};
 }
@@ -86,7 +79,7 @@ using Result = std::tuple<at::Tensor, std::vector<int64_t>>;
 Result upsample_add(const at::Tensor& top, const at::Tensor& lateral, std::optional<double> scale_h,
                     std::optional<double> scale_w, bool run, int64_t max_blocks, int64_t max_index32) {
   check_upsample_add(top, lateral, scale_h, scale_w);
-  const LaunchLimits limits = limits_of(max_blocks, max_index32);
+  const LaunchLimits limits = lowered_limits(max_blocks, max_index32);
   at::Tensor out = empty_like_lateral(lateral);
   if (!run) {
     const auto plan = upsample_add_launch(out, top, lateral, scale_h, scale_w, PlanOnly{}, limits);
@@ -104,7 +97,7 @@ Result upsample_add_backward_top(const at::Tensor& grad, int64_t top_h, int64_t 
                                  std::optional<double> scale_h, std::optional<double> scale_w,
                                  bool run, int64_t max_blocks, int64_t max_index32) {
   check_upsample_add_backward(grad, top_h, top_w, scale_h, scale_w);
-  const LaunchLimits limits = limits_of(max_blocks, max_index32);
+  const LaunchLimits limits = lowered_limits(max_blocks, max_index32);
   at::Tensor gtop = backward_top_output(grad, top_h, top_w);
   if (!run) {
     const auto plan = upsample_add_backward_top_launch(gtop, grad, scale_h, scale_w, PlanOnly{}, limits);
@@ -123,7 +116,7 @@ Result conv_epilogue(const at::Tensor& y, const std::optional<at::Tensor>& bias,
                      const std::optional<at::Tensor>& residual, bool relu, bool run,
                      int64_t max_blocks, int64_t max_index32) {
   TORCH_CHECK(y.dim() == 4, "fpnops_emu.conv_epilogue: y must be 4-D, got ", y.sizes());
-  const LaunchLimits limits = limits_of(max_blocks, max_index32);
+  const LaunchLimits limits = lowered_limits(max_blocks, max_index32);
   at::Tensor out = at::empty(y.sizes(), y.options().memory_format(y.suggest_memory_format()));
   if (!run) {
     const auto plan = conv_epilogue_launch(out, bias, residual, relu, PlanOnly{}, limits);
@@ -166,7 +159,7 @@ at::Tensor divide(const at::Tensor& n, int64_t d, bool wide) {
 }  // namespace
 
 TORCH_LIBRARY(fpnops_emu, m) {
-  // max_blocks <= 0 and max_index32 < 0: the real launch's limits.
+  // max_blocks, max_index32: -1 for the real launch's limits (launch.cuh: lowered_limits).
   m.def("upsample_add(Tensor top, Tensor lateral, float? scale_h, float? scale_w, bool run, "
         "int max_blocks, int max_index32) -> (Tensor, int[])");
   m.def("upsample_add_backward_top(Tensor grad, int top_h, int top_w, float? scale_h, "
