@@ -27,7 +27,7 @@ def unavailable():
     try:
         cpp_extension.verify_ninja_availability()
     except RuntimeError as e:
-        return f"cannot build the CUDA emulation: {e} (pip install ninja)"
+        return f"cannot build the CUDA emulation: {e}"
     return None
 
 
