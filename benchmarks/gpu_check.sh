@@ -40,6 +40,12 @@ torch.cuda.synchronize(); print("sanitize run done")
 PY
 timeout 300 compute-sanitizer --tool memcheck python3 /tmp/sanitize.py > "$OUT/sanitizer.log" 2>&1
 echo "compute-sanitizer rc=$? (see sanitizer.log; it may refuse the device under gVisor)"
+# Every variant of fpnops' own CUDA kernels (the emulation tests' GPU cases, small tensors)
+# under memcheck: an access out of bounds on the GPU, which bit-exact results cannot show.
+timeout 400 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -P -m pytest -q \
+  tests/test_cuda_emulation.py -k "not emulated and not past_2_pow" -p no:cacheprovider \
+  > "$OUT/sanitizer_kernels.log" 2>&1
+echo "compute-sanitizer (kernel variants) rc=$?"
 
 # The suites of `python -m fpnops bench`: ops + FPN neck at N=8 800x800 channels_last in the three
 # dtypes; backbones against torch.compile max-autotune (freezing) in fp16/bf16.
@@ -50,8 +56,15 @@ python3 -P -m fpnops bench --device cuda --suite backbone --dtype float16 bfloat
   --compile-mode max-autotune-no-cudagraphs \
   --out "$OUT/$gpu-backbone.json" --plot "$OUT/$gpu-backbone.png" > "$OUT/bench_backbone.txt" 2>&1
 echo "bench backbone rc=$?"
+# Static codegen (SASS: 128-bit accesses, spills, instructions per byte against the H100
+# model) of the kernels just measured, printed next to their bandwidth.
+if [ -f benchmarks/codegen_report.py ]; then
+  python3 -P benchmarks/codegen_report.py > "$OUT/codegen.txt" 2>&1
+  echo "codegen report rc=$?"
+fi
 
 echo "== tests"; tail -n 3 "$OUT/tests.log"
-echo "== sanitizer"; tail -n 3 "$OUT/sanitizer.log"
+echo "== sanitizer"; tail -n 3 "$OUT/sanitizer.log"; tail -n 3 "$OUT/sanitizer_kernels.log"
 echo "== ops + FPN neck"; grep -v Warning "$OUT/bench.txt" | tail -n 80
+if [ -f "$OUT/codegen.txt" ]; then echo "== codegen (SASS)"; tail -n 60 "$OUT/codegen.txt"; fi
 echo "== backbones"; grep -v Warning "$OUT/bench_backbone.txt" | tail -n 20

@@ -8,11 +8,7 @@
 #include <cstdint>
 #include <optional>
 
-#ifdef __CUDACC__
-#define FPNOPS_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define FPNOPS_HOST_DEVICE inline
-#endif
+#include "host_device.h"
 
 namespace fpnops {
 
@@ -55,9 +51,11 @@ struct NearestRule {
   float scale;         // nearest_scale<float>
   double scale_double; // nearest_scale<double>, for kGenericDouble
 
-  // src(dst) under rule K, known at compile time (the CUDA kernels, which only use kCuda).
-  template <NearestKind K>
-  FPNOPS_HOST_DEVICE int64_t src_as(int64_t dst) const {
+  // src(dst) under rule K, known at compile time (the CUDA kernels, which only use kCuda), in
+  // the caller's index type I (the CUDA kernels' 32-bit math passes uint32_t: float(dst) is
+  // the same number as from int64_t).
+  template <NearestKind K, typename I>
+  FPNOPS_HOST_DEVICE I src_as(I dst) const {
     if ((K == NearestKind::kNearestIdx || K == NearestKind::kCuda) && out_size == in_size) {
       return dst;
     }
@@ -66,16 +64,16 @@ struct NearestRule {
                         ? static_cast<float>(static_cast<double>(dst) * scale_double)
                         : static_cast<float>(dst) * scale;
     const int64_t s = static_cast<int64_t>(floorf(x));
-    return s < in_size - 1 ? s : in_size - 1;
+    return static_cast<I>(s < in_size - 1 ? s : in_size - 1);
   }
 
   // src(dst) under this rule's kind (the CPU kernels tabulate it once per call).
   FPNOPS_HOST_DEVICE int64_t src(int64_t dst) const {
     switch (kind) {
-      case NearestKind::kNearestIdx: return src_as<NearestKind::kNearestIdx>(dst);
-      case NearestKind::kGenericFloat: return src_as<NearestKind::kGenericFloat>(dst);
-      case NearestKind::kGenericDouble: return src_as<NearestKind::kGenericDouble>(dst);
-      default: return src_as<NearestKind::kCuda>(dst);
+      case NearestKind::kNearestIdx: return src_as<NearestKind::kNearestIdx, int64_t>(dst);
+      case NearestKind::kGenericFloat: return src_as<NearestKind::kGenericFloat, int64_t>(dst);
+      case NearestKind::kGenericDouble: return src_as<NearestKind::kGenericDouble, int64_t>(dst);
+      default: return src_as<NearestKind::kCuda, int64_t>(dst);
     }
   }
 };
@@ -94,9 +92,10 @@ struct NearestWindowsCuda {
   int64_t out_size;
   float scale;
 
-  FPNOPS_HOST_DEVICE int64_t start(int64_t i) const {
+  template <typename I>
+  FPNOPS_HOST_DEVICE I start(I i) const {
     const int64_t s = static_cast<int64_t>(ceilf(static_cast<float>(i) * scale));
-    return s < out_size ? s : out_size;
+    return static_cast<I>(s < out_size ? s : out_size);
   }
 };
 

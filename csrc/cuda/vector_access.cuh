@@ -1,6 +1,8 @@
-// 16-byte vector loads and stores shared by the CUDA kernels.
+// 16-byte vector loads and stores shared by the CUDA kernels (and their CPU emulation).
 #pragma once
 #include <cstdint>
+
+#include "../host_device.h"
 
 namespace fpnops {
 
@@ -10,13 +12,16 @@ struct alignas(sizeof(T) * N) Pack {
   T v[N];
 };
 
-inline bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
-
-// Grid-stride loops: a few waves of 256-thread blocks are plenty for memory-bound kernels.
-constexpr int kThreads = 256;
-inline int64_t num_blocks(int64_t work) {
-  const int64_t blocks = (work + kThreads - 1) / kThreads;
-  return blocks < 1 ? 1 : (blocks > 65535LL * 8 ? 65535LL * 8 : blocks);
+template <int N, typename T>
+FPNOPS_HOST_DEVICE Pack<T, N> load_pack(const T* p) {
+  return *reinterpret_cast<const Pack<T, N>*>(p);
 }
+
+template <int N, typename T>
+FPNOPS_HOST_DEVICE void store_pack(T* p, const Pack<T, N>& v) {
+  *reinterpret_cast<Pack<T, N>*>(p) = v;
+}
+
+inline bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 }  // namespace fpnops
