@@ -262,10 +262,13 @@ def _backward_top_kernel(gtop_ptr, grad_ptr, hstart_ptr, wstart_ptr, numel, C, T
             w0, w1 = w0.to(tl.int64), w1.to(tl.int64)
     offs = first[:, None] + tl.arange(0, GROUP)[None, :]
     mask = offs < numel
-    # UNIFORM_W: the run's WIN_W * GROUP grad columns, and which of them belong to elements < numel
-    span = tl.arange(0, GROUP * WIN_W)[None, :]
-    cols = i0[:, None] * WIN_W + span
-    cols_mask = first[:, None] * WIN_W + span < numel * WIN_W
+    if UNIFORM_W:  # the run's WIN_W * GROUP grad columns; those of elements < numel
+        span = tl.arange(0, GROUP * WIN_W)[None, :]
+        cols = i0[:, None] * WIN_W + span
+        cols_mask = first[:, None] * WIN_W + span < numel * WIN_W
+    else:  # unused (an arange of WIN_W = 0 would not compile)
+        cols = i
+        cols_mask = mask
     if FP64:
         acc = tl.zeros([BLOCK // GROUP, GROUP], dtype=tl.float64)
     else:
