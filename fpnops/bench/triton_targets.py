@@ -74,20 +74,22 @@ def gpu_target(arch):
 
 # --- the launches to compile ------------------------------------------------------------------
 
-def _tensor(shape, dtype, layout="nchw", strided=False):
-    """A CPU tensor (never written: the JIT reads only its metadata) in `layout`, "nchw" or
-    "nhwc" (channels_last); `strided`: a view in that layout that is not dense (every other
-    column of a wider NCHW tensor; the first w columns of a wider channels_last one)."""
+def _tensor(shape, dtype, layout="nchw", strided=False, device="cpu", random=False):
+    """A tensor in `layout`, "nchw" or "nhwc" (channels_last); `strided`: a view in that layout
+    that is not dense (every other column of a wider NCHW tensor; the first w columns of a wider
+    channels_last one). Uninitialised unless `random` (the compile check reads only metadata)."""
     import torch
     n, c, h, w = shape
     if layout == "nhwc":
-        if strided:
-            return torch.empty(n, c, h, w + 8, dtype=dtype,
-                               memory_format=torch.channels_last)[..., :w]
-        return torch.empty(shape, dtype=dtype, memory_format=torch.channels_last)
+        full = (n, c, h, w + 8) if strided else shape
+        t = torch.empty(full, dtype=dtype, device=device, memory_format=torch.channels_last)
+    else:
+        t = torch.empty((n, c, h, 2 * w) if strided else shape, dtype=dtype, device=device)
+    if random:
+        t.normal_()
     if strided:
-        return torch.empty(n, c, h, 2 * w, dtype=dtype)[..., ::2]
-    return torch.empty(shape, dtype=dtype)
+        t = t[..., :w] if layout == "nhwc" else t[..., ::2]
+    return t
 
 
 @dataclasses.dataclass
@@ -97,12 +99,18 @@ class Variant:
     dtype: str
     layout: str
     tags: tuple  # "typical" (the common FPN/ResNet launch), "wrap", "strided", "index64", ...
-    call: object  # call(run): the real launcher, its launch handed to `run`
+    inputs: object  # inputs(device, random) -> dict of the launcher's tensors and arguments
+    launch: object  # launch(inputs, run) -> output: the real launcher, its Launch handed to run
+
+    def call(self, run, device="cpu", random=False):
+        """The launcher's output on fresh inputs (the compile check: `run` compiles)."""
+        return self.launch(self.inputs(device, random), run)
 
 
 # FPN level sizes of an 800x1216 image, batch 2, 256 channels: P2 200x304, P3 100x152,
 # P4 50x76, P5 25x38.
 P2, P3, P4, P5 = (200, 304), (100, 152), (50, 76), (25, 38)
+CHANNELS = 256
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
@@ -117,7 +125,8 @@ def variants():
       grad, runs of one element (maps narrower than a 16-byte vector), 64-bit index math
       (forced: real launches pick it past 2**31 elements), windows of unequal width and
       windows too large to unroll (backward), a Cout of 64 (64-wide N tiles), stride 2
-      (the general path), and the epilogue flags off."""
+      (the general path), and the epilogue flags off.
+    The GPU tests (tests/test_triton_gpu.py) run the same list on random inputs."""
     import torch
 
     from fpnops.triton import conv_bn_act as conv
@@ -125,37 +134,52 @@ def variants():
 
     out = []
 
-    def fwd(name, dtype, layout, tags, top_hw, lat_hw, c=256, strided=False, index64=None):
+    def fwd(name, dtype, layout, tags, top_hw, lat_hw, c=CHANNELS, strided=False, index64=None):
         dt = getattr(torch, dtype)
 
-        def call(run):
-            top = _tensor((2, c, *top_hw), dt, layout)
-            lat = _tensor((2, c, *lat_hw), dt, layout, strided)
-            ua.launch_forward(top, lat, None, None, "cuda", index64=index64, run=run)
+        def inputs(device, random):
+            return dict(top=_tensor((2, c, *top_hw), dt, layout, False, device, random),
+                        lateral=_tensor((2, c, *lat_hw), dt, layout, strided, device, random))
+
+        def launch(i, run):
+            return ua.launch_forward(i["top"], i["lateral"], None, None, "cuda",
+                                     index64=index64, run=run)
         out.append(Variant(f"upsample_add/{dtype}/{layout}{name}", "upsample_add", dtype, layout,
-                           tags, call))
+                           tags, inputs, launch))
 
-    def bwd(name, dtype, layout, tags, top_hw, grad_hw, c=256, strided=False, index64=None):
+    def bwd(name, dtype, layout, tags, top_hw, grad_hw, c=CHANNELS, strided=False, index64=None):
         dt = getattr(torch, dtype)
 
-        def call(run):
-            grad = _tensor((2, c, *grad_hw), dt, layout, strided)
-            ua.launch_backward_top(grad, *top_hw, None, None, "cuda", index64=index64, run=run)
+        def inputs(device, random):
+            return dict(grad=_tensor((2, c, *grad_hw), dt, layout, strided, device, random),
+                        top_hw=top_hw, layout=layout)
+
+        def launch(i, run):
+            return ua.launch_backward_top(i["grad"], *top_hw, None, None, "cuda",
+                                          index64=index64, run=run)
         out.append(Variant(f"upsample_add_backward_top/{dtype}/{layout}{name}",
-                           "upsample_add_backward_top", dtype, layout, tags, call))
+                           "upsample_add_backward_top", dtype, layout, tags, inputs, launch))
 
-    def cv(name, dtype, layout, tags, cin=256, cout=256, hw=P3, stride=1, bias=True, res=True,
-           relu=True, index64=None):
+    def cv(name, dtype, layout, tags, cin=CHANNELS, cout=CHANNELS, hw=P3, stride=1, bias=True,
+           res=True, relu=True, index64=None):
         dt = getattr(torch, dtype)
 
-        def call(run):
-            x = _tensor((2, cin, *hw), dt, layout)
-            w = torch.empty(cout, cin, 1, 1, dtype=dt)
-            b = torch.empty(cout, dtype=dt) if bias else None
+        def inputs(device, random):
+            w = torch.empty(cout, cin, 1, 1, dtype=dt, device=device)
+            if random:
+                w.normal_(std=cin ** -0.5)
             ho, wo = (hw[0] - 1) // stride + 1, (hw[1] - 1) // stride + 1
-            r = _tensor((2, cout, ho, wo), dt, layout) if res else None
-            conv.launch_conv1x1(x, w, b, [stride, stride], r, relu, index64=index64, run=run)
-        out.append(Variant(f"conv1x1/{dtype}/{layout}{name}", "conv1x1", dtype, layout, tags, call))
+            return dict(x=_tensor((2, cin, *hw), dt, layout, False, device, random), weight=w,
+                        bias=_tensor((1, 1, 1, cout), dt, "nchw", False, device, random)
+                        .view(cout) if bias else None,
+                        residual=_tensor((2, cout, ho, wo), dt, layout, False, device, random)
+                        if res else None, stride=[stride, stride], relu=relu)
+
+        def launch(i, run):
+            return conv.launch_conv1x1(i["x"], i["weight"], i["bias"], i["stride"],
+                                       i["residual"], i["relu"], index64=index64, run=run)
+        out.append(Variant(f"conv1x1/{dtype}/{layout}{name}", "conv1x1", dtype, layout, tags,
+                           inputs, launch))
 
     for dtype in DTYPES:
         for layout in ("nchw", "nhwc"):
