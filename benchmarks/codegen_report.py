@@ -23,8 +23,8 @@ import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.pop("TRITON_INTERPRET", None)  # this process and its children compile for GPUs
 
+# Compiling happens in child processes without TRITON_INTERPRET (triton_targets.compile_in_child).
 from fpnops.bench import sass, triton_targets  # noqa: E402
 
 # Kernels whose work is moving memory: their instructions per byte decide their speed.

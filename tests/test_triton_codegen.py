@@ -4,7 +4,10 @@ codegen checked from SASS and PTX (fpnops/bench/sass.py): compiles at all (the i
 accepts kernels the GPU compiler rejects), fits a launch, no spills, 16-byte accesses on the
 dense paths, no 64-bit division where offsets fit in int32, tensor cores in the GEMM, and the
 memory-bound kernels within sass.MEMORY_BOUND_BUDGET instructions per byte."""
+import importlib.util
+import json
 import os
+import pathlib
 
 import pytest
 
@@ -164,3 +167,32 @@ def test_conv1x1_gemm_uses_tensor_cores_and_16_byte_operand_loads(compiled, arch
             assert copies and all(sass.access_width(i) == 128 for i in copies), rec["name"]
             acc = sass.global_accesses(kernel.instrs)
             assert {w for kind, w in acc if kind == "store"} == {128}, (rec["name"], acc)
+
+
+def test_codegen_report_rows_and_cuda_section(compiled):
+    """benchmarks/codegen_report.py on a few of these compiles: one table row per variant with
+    the facts above, JSON-able; the CUDA section says when _C has no CUDA code."""
+    from fpnops import _extension
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "codegen_report.py"
+    spec = importlib.util.spec_from_file_location("codegen_report", path)
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    for arch in ARCHS:
+        records = [r for r, _, _ in compiled[arch] if "typical" in r["tags"] and r["dtype"] == "float16"]
+        rows = report.triton_section(arch, records)
+        cuda = report.cuda_section(arch)
+        md = report.markdown({"arch": f"sm_{arch}", "model": report.model(), "triton": rows,
+                              "cuda": cuda})
+        json.dumps(rows)
+        assert [r["name"] for r in rows] == [r["name"] for r in records]
+        assert all(f"| `{r['name']}` |" in md for r in rows)
+        fwd = next(r for r in rows if r["name"] == "upsample_add/float16/nhwc")
+        assert fwd["spills"] == 0 and fwd["global_stores"] == {"128b": runs_per_thread(
+            next(r for r in records if r["name"] == fwd["name"]))}
+        assert 0 < fwd["instructions_per_byte"] <= report.sass.MEMORY_BOUND_BUDGET
+        gemm = next(r for r in rows if r["op"] == "conv1x1")
+        assert gemm["tensor_core"] and not gemm["memory_bound"]
+        if _extension.WITH_CUDA:
+            assert cuda["built_with_cuda"] and (cuda["kernels"] or cuda["note"])
+        else:
+            assert not cuda["kernels"] and "without CUDA" in cuda["note"] and "without CUDA" in md
