@@ -99,12 +99,13 @@ def _table(rows, name_key="name"):
     lines = [head]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r[name_key]} | COMPILE ERROR: {r['error'][:200]} |||||||")
+            lines.append(f"| `{r[name_key]}` | COMPILE ERROR: {r['error'][:200]} |||||||")
             continue
+        name = r[name_key].replace("|", "\\|")  # demangled C++ names may hold operator|
         tc = " ".join(f"{n}x{k}" for k, n in sorted(r["tensor_core"].items())) or "-"
         ceiling = r["h100_bandwidth_ceiling"]
         lines.append(
-            f"| `{r[name_key]}` | {_fmt(r['registers'])} | {r['spills']} | {_fmt(r['shared'])} | "
+            f"| `{name}` | {_fmt(r['registers'])} | {r['spills']} | {_fmt(r['shared'])} | "
             f"{_fmt_widths(r['global_loads'])} | {_fmt_widths(r['global_stores'])} | {tc} | "
             f"{_fmt(r['instructions_per_byte'])} | "
             f"{'-' if ceiling is None else f'{ceiling:.0%}'} |")

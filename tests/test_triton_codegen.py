@@ -8,6 +8,8 @@ import importlib.util
 import json
 import os
 import pathlib
+import shutil
+import subprocess
 
 import pytest
 
@@ -169,14 +171,19 @@ def test_conv1x1_gemm_uses_tensor_cores_and_16_byte_operand_loads(compiled, arch
             assert {w for kind, w in acc if kind == "store"} == {128}, (rec["name"], acc)
 
 
-def test_codegen_report_rows_and_cuda_section(compiled):
-    """benchmarks/codegen_report.py on a few of these compiles: one table row per variant with
-    the facts above, JSON-able; the CUDA section says when _C has no CUDA code."""
-    from fpnops import _extension
+def codegen_report():
     path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "codegen_report.py"
     spec = importlib.util.spec_from_file_location("codegen_report", path)
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)
+    return report
+
+
+def test_codegen_report_rows_and_cuda_section(compiled):
+    """benchmarks/codegen_report.py on a few of these compiles: one table row per variant with
+    the facts above, JSON-able; the CUDA section says when _C has no CUDA code."""
+    from fpnops import _extension
+    report = codegen_report()
     for arch in ARCHS:
         records = [r for r, _, _ in compiled[arch] if "typical" in r["tags"] and r["dtype"] == "float16"]
         rows = report.triton_section(arch, records)
@@ -196,3 +203,46 @@ def test_codegen_report_rows_and_cuda_section(compiled):
             assert cuda["built_with_cuda"] and (cuda["kernels"] or cuda["note"])
         else:
             assert not cuda["kernels"] and "without CUDA" in cuda["note"] and "without CUDA" in md
+
+
+TINY_CU = """
+template <typename T, int V>
+__global__ void vec_add(const T* a, T* out, int n) {
+  int i = (blockIdx.x * blockDim.x + threadIdx.x) * V;
+  if (i + V <= n) {
+    float4 x = *reinterpret_cast<const float4*>(a + i);
+    x.x += 1.f;
+    *reinterpret_cast<float4*>(out + i) = x;
+  }
+}
+template __global__ void vec_add<float, 4>(const float*, float*, int);
+namespace fpn { __global__ void ones(float* p) { p[threadIdx.x] = 1.f; } }
+"""
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc to build a CUDA library")
+def test_codegen_report_finds_every_cuda_kernel_by_demangled_name(tmp_path):
+    """The report reads CUDA kernels from any fat binary generically (fpnops._C's are being
+    rewritten): a library built here with two kernels for sm_80 and sm_90, none for sm_86."""
+    from fpnops.bench import sass
+    if sass.cuobjdump() is None:
+        pytest.skip("no cuobjdump")
+    report = codegen_report()
+    (tmp_path / "tiny.cu").write_text(TINY_CU)
+    so = tmp_path / "tiny.so"
+    subprocess.run(["nvcc", "-shared", "-Xcompiler", "-fPIC", "-gencode",
+                    "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90",
+                    str(tmp_path / "tiny.cu"), "-o", str(so)], check=True, capture_output=True)
+    for arch in ARCHS:
+        cuda = report.cuda_section(arch, str(so))
+        names = [k["name"] for k in cuda["kernels"]]
+        assert sorted(names) == ["fpn::ones(float*)",
+                                 "void vec_add<float, 4>(float const*, float*, int)"], names
+        vec = next(k for k in cuda["kernels"] if k["name"].startswith("void vec_add"))
+        assert vec["arch"] == f"sm_{arch}" and vec["global_loads"] == {"128b": 1}
+        assert vec["global_stores"] == {"128b": 1} and vec["spills"] == 0
+        md = report.markdown({"arch": f"sm_{arch}", "model": report.model(), "triton": [],
+                              "cuda": cuda})
+        assert "| `void vec_add<float, 4>(float const*, float*, int)` |" in md
+    missing = report.cuda_section(86, str(so))
+    assert not missing["kernels"] and "no sm_86" in missing["note"]
