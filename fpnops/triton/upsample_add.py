@@ -264,7 +264,8 @@ def _backward_top_kernel(gtop_ptr, grad_ptr, hstart_ptr, wstart_ptr, numel, C, T
     mask = offs < numel
     if UNIFORM_W:  # the run's WIN_W * GROUP grad columns; those of elements < numel
         span = tl.arange(0, GROUP * WIN_W)[None, :]
-        cols = i0[:, None] * WIN_W + span
+        base = base + i0[:, None] * WIN_W
+        cols = span
         cols_mask = first[:, None] * WIN_W + span < numel * WIN_W
     else:  # unused (an arange of WIN_W = 0 would not compile)
         cols = i
