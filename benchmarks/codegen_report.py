@@ -52,9 +52,7 @@ def triton_section(arch, records):
         if "error" in rec:
             row["error"] = rec["error"]
         else:
-            cubin = pathlib.Path(rec["dir"], rec["cubin"]).read_bytes()
-            (kernel,) = sass.kernels_of_cubin(cubin, f"sm_{arch}").values()
-            row.update(sass.summary(kernel))
+            row.update(sass.summary(triton_targets.kernel_of(rec)))
             row.update(shared=rec["shared"], num_warps=rec["num_warps"],
                        num_stages=rec["num_stages"], constexprs=rec["constexprs"],
                        memory_bound=rec["op"] in MEMORY_BOUND_OPS)

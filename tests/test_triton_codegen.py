@@ -32,8 +32,7 @@ def compiled(tmp_path_factory):
         for rec in records:
             kernel = ptx = None
             if "error" not in rec:
-                with open(os.path.join(rec["dir"], rec["cubin"]), "rb") as f:
-                    (kernel,) = sass.kernels_of_cubin(f.read(), f"sm_{arch}").values()
+                kernel = triton_targets.kernel_of(rec)
                 with open(os.path.join(rec["dir"], rec["ptx"])) as f:
                     ptx = f.read()
             out[arch].append((rec, kernel, ptx))

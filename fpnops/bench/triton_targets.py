@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+from fpnops.bench import sass
+
 ARCHS = (80, 90)
 # What a real launch checks when it loads a kernel (CompiledKernel._init_handles), which a
 # compile alone does not: opt-in shared memory per block (bytes) and threads per block.
@@ -224,9 +226,25 @@ def compile_variant(variant):
             for spec in launches]
 
 
+def disassemble(cubin_path):
+    """cuobjdump's SASS and resource usage of a cubin, in one call (the slow part of a check)."""
+    proc = subprocess.run([sass.cuobjdump(), "-sass", "-res-usage", str(cubin_path)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"cuobjdump {cubin_path} failed: {proc.stderr.strip()[:500]}")
+    return proc.stdout
+
+
+def kernel_of(rec):
+    """The sass.Kernel of a compiled variant's record (from compile_in_child)."""
+    text = pathlib.Path(rec["dir"], rec["sass"]).read_text()
+    (kernel,) = sass.parse_res_usage(text, sass.parse_sass(text, rec["arch"])).values()
+    return kernel
+
+
 def compile_all(arch, out_dir):
     """Compile every variant for sm_<arch>; write out_dir/index.json (one record a variant, with
-    an "error" where compiling failed) and each kernel's cubin and PTX."""
+    an "error" where compiling failed) and each kernel's cubin, PTX and SASS."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
@@ -244,6 +262,9 @@ def compile_all(arch, out_dir):
             stem = v.name.replace("/", "-")
             (out_dir / f"{stem}.cubin").write_bytes(kernel.asm["cubin"])
             (out_dir / f"{stem}.ptx").write_text(kernel.asm["ptx"])
+            if sass.cuobjdump():  # disassembled here, in parallel with the other arch's child
+                (out_dir / f"{stem}.sass").write_text(disassemble(out_dir / f"{stem}.cubin"))
+                rec["sass"] = f"{stem}.sass"
             md = kernel.metadata
             rec.update(kernel=kernel.name, cubin=f"{stem}.cubin", ptx=f"{stem}.ptx",
                        grid=list(spec.grid),
