@@ -11,13 +11,14 @@ import struct
 import torch
 import triton
 import triton.language as tl
-from torch.library import custom_op, triton_op, wrap_triton
+from torch.library import custom_op, triton_op
 
 from fpnops.ops import _nearest
 from fpnops.ops._nearest import output_memory_format
 from fpnops.ops.upsample_add_checks import check_backward_inputs, check_inputs
+from fpnops.triton._launch import Launch, launch, needs_int64, vector_elems
 
-BLOCK = 1024
+NUM_WARPS = 4
 # Triton decides when a kernel is defined (now) whether it runs in its CPU interpreter.
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # triton_op lets torch.compile see into the kernel; the interpreter cannot run on fake tensors,
@@ -34,9 +35,9 @@ def _nearest_src(dst, in_size, out_size, scale, scale_f64_bits, KIND: tl.constex
         x = (dst.to(tl.float64) * scale_f64).to(tl.float32, fp_downcast_rounding="rtne")
     else:
         x = dst.to(tl.float32) * scale
-    src = tl.minimum(tl.floor(x).to(tl.int64), in_size - 1)
+    src = tl.minimum(tl.floor(x).to(dst.dtype), in_size - 1)
     if KIND == 0:  # ATen's nearest_idx: out == 2 * in by a shift
-        src = tl.where(out_size == 2 * in_size, dst // 2, src)
+        src = tl.where(out_size == 2 * in_size, dst >> 1, src)
     if KIND == 0 or KIND == 3:  # out == in: the identity
         src = tl.where(out_size == in_size, dst, src)
     return src
@@ -55,34 +56,112 @@ def _cast_out(y, dtype: tl.constexpr, BF16_RNE: tl.constexpr):
 
 
 @triton.jit
-def _unravel(offs, C, H, W, CHANNELS_LAST: tl.constexpr):
-    """(n, c, h, w) of linear offsets into a dense NCHW or NHWC tensor."""
-    if CHANNELS_LAST:
-        c = offs % C
-        w = (offs // C) % W
-        h = (offs // (C * W)) % H
-        n = offs // (C * W * H)
-    else:
-        w = offs % W
-        h = (offs // W) % H
-        c = (offs // (W * H)) % C
-        n = offs // (W * H * C)
-    return n, c, h, w
+def _runs(BLOCK: tl.constexpr, GROUP: tl.constexpr, INDEX64: tl.constexpr):
+    """The flat offsets of this program's first elements of its BLOCK // GROUP runs of GROUP
+    consecutive output elements (one 16-byte vector each), int32 unless INDEX64."""
+    pid = tl.program_id(0)
+    if INDEX64:
+        pid = pid.to(tl.int64)
+    return pid * BLOCK + tl.arange(0, BLOCK // GROUP) * GROUP
 
 
 @triton.jit
-def _upsample_add_kernel(out_ptr, lat_ptr, top_ptr, C, H, W, TH, TW,
+def _div(a, b):
+    """a // b of non-negative int32 a and positive b, unsigned (cheaper than signed)."""
+    if a.dtype == tl.int32:
+        return (a.to(tl.uint32) // b.to(tl.uint32)).to(tl.int32)
+    return a // b
+
+
+@triton.jit
+def _split(first, inner, GROUP: tl.constexpr, WRAP: tl.constexpr):
+    """(row, index in the row) of flat offsets `first` into rows of `inner` elements. Without
+    WRAP (inner % GROUP == 0) a run never leaves its row and starts at a multiple of GROUP."""
+    row = _div(first, inner)
+    i0 = first - row * inner
+    if not WRAP:
+        i0 = tl.multiple_of(i0, GROUP)
+    return row, i0
+
+
+@triton.jit
+def _row_coords(row, S1, S0):
+    """(n, mid, low) of rows numbered (n * S1 + mid) * S0 + low: (n, c, h) of an NCHW tensor's
+    rows over w, (n, h, w) of a channels_last one's rows over c."""
+    q = _div(row, S0)
+    n = _div(q, S1)
+    return n, q - n * S1, row - q * S0
+
+
+@triton.jit
+def _next_coords(n, mid, low, S1, S0):
+    """The coordinates of the next row, by carries (no division)."""
+    low = low + 1
+    carry = low == S0
+    low = tl.where(carry, 0, low)
+    mid = mid + carry.to(mid.dtype)
+    carry = mid == S1
+    return n + carry.to(n.dtype), tl.where(carry, 0, mid), low
+
+
+@triton.jit
+def _forward_row(n, mid, low, TH, TW, H, W, ls_n, ls_c, ls_h, ls_w, ts_n, ts_c, ts_h, ts_w,
+                 scale_h, scale_w, scale_h_f64_bits, scale_w_f64_bits, KIND: tl.constexpr,
+                 CHANNELS_LAST: tl.constexpr):
+    """Offsets of the start of an output row in top and lateral."""
+    if CHANNELS_LAST:  # (n, h, w)
+        ih = _nearest_src(mid, TH, H, scale_h, scale_h_f64_bits, KIND)
+        iw = _nearest_src(low, TW, W, scale_w, scale_w_f64_bits, KIND)
+        return n * ts_n + ih * ts_h + iw * ts_w, n * ls_n + mid * ls_h + low * ls_w
+    else:  # (n, c, h)
+        ih = _nearest_src(low, TH, H, scale_h, scale_h_f64_bits, KIND)
+        return n * ts_n + mid * ts_c + ih * ts_h, n * ls_n + mid * ls_c + low * ls_h
+
+
+@triton.jit
+def _upsample_add_kernel(out_ptr, lat_ptr, top_ptr, numel, C, H, W, TH, TW,
                          ls_n, ls_c, ls_h, ls_w, ts_n, ts_c, ts_h, ts_w, scale_h, scale_w,
-                         scale_h_f64_bits, scale_w_f64_bits, numel,
-                         CHANNELS_LAST: tl.constexpr, KIND: tl.constexpr,
-                         FP64: tl.constexpr, BF16_RNE: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+                         scale_h_f64_bits, scale_w_f64_bits,
+                         CHANNELS_LAST: tl.constexpr, KIND: tl.constexpr, FP64: tl.constexpr,
+                         BF16_RNE: tl.constexpr, LAT_DENSE: tl.constexpr, GROUP: tl.constexpr,
+                         WRAP: tl.constexpr, INDEX64: tl.constexpr, BLOCK: tl.constexpr):
+    """The output (dense, NCHW or NHWC) in runs of GROUP elements along its innermost dim (w or
+    c): index math once per run, not per element; with LAT_DENSE (the lateral has the output's
+    strides) the lateral is read at the output's offsets, in 16-byte vectors."""
+    first = _runs(BLOCK, GROUP, INDEX64)
+    if CHANNELS_LAST:
+        inner, s1, s0 = C, H, W
+    else:
+        inner, s1, s0 = W, C, H
+    row, i0 = _split(first, inner, GROUP, WRAP)
+    n, mid, low = _row_coords(row, s1, s0)
+    top_row, lat_row = _forward_row(n, mid, low, TH, TW, H, W, ls_n, ls_c, ls_h, ls_w, ts_n,
+                                    ts_c, ts_h, ts_w, scale_h, scale_w, scale_h_f64_bits,
+                                    scale_w_f64_bits, KIND, CHANNELS_LAST)
+    top_row = top_row[:, None]
+    lat_row = lat_row[:, None]
+    i = i0[:, None] + tl.arange(0, GROUP)[None, :]
+    if WRAP:  # inner % GROUP != 0: the end of a run may lie in the next row
+        nxt = i >= inner
+        i = tl.where(nxt, i - inner, i)
+        n, mid, low = _next_coords(n, mid, low, s1, s0)
+        top_next, lat_next = _forward_row(n, mid, low, TH, TW, H, W, ls_n, ls_c, ls_h, ls_w,
+                                          ts_n, ts_c, ts_h, ts_w, scale_h, scale_w,
+                                          scale_h_f64_bits, scale_w_f64_bits, KIND, CHANNELS_LAST)
+        top_row = tl.where(nxt, top_next[:, None], top_row)
+        lat_row = tl.where(nxt, lat_next[:, None], lat_row)
+    offs = first[:, None] + tl.arange(0, GROUP)[None, :]
     mask = offs < numel
-    n, c, oh, ow = _unravel(offs, C, H, W, CHANNELS_LAST)
-    ih = _nearest_src(oh, TH, H, scale_h, scale_h_f64_bits, KIND)
-    iw = _nearest_src(ow, TW, W, scale_w, scale_w_f64_bits, KIND)
-    lat = tl.load(lat_ptr + n * ls_n + c * ls_c + oh * ls_h + ow * ls_w, mask=mask)
-    top = tl.load(top_ptr + n * ts_n + c * ts_c + ih * ts_h + iw * ts_w, mask=mask)
+    if CHANNELS_LAST:
+        top_off = top_row + i * ts_c
+        lat_off = lat_row + i * ls_c
+    else:
+        top_off = top_row + _nearest_src(i, TW, W, scale_w, scale_w_f64_bits, KIND) * ts_w
+        lat_off = lat_row + i * ls_w
+    if LAT_DENSE:
+        lat_off = offs
+    lat = tl.load(lat_ptr + lat_off, mask=mask)
+    top = tl.load(top_ptr + top_off, mask=mask)
     if FP64:
         y = lat + top
     else:  # float32 opmath for float32/float16/bfloat16, rounded once on store
@@ -91,37 +170,129 @@ def _upsample_add_kernel(out_ptr, lat_ptr, top_ptr, C, H, W, TH, TW,
 
 
 @triton.jit
-def _backward_top_kernel(gtop_ptr, grad_ptr, hstart_ptr, wstart_ptr, C, TH, TW,
-                         gs_n, gs_c, gs_h, gs_w, max_wh, max_ww, numel,
-                         CHANNELS_LAST: tl.constexpr, FP64: tl.constexpr, BF16_RNE: tl.constexpr,
-                         BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    mask = offs < numel
-    n, c, ih, iw = _unravel(offs, C, TH, TW, CHANNELS_LAST)
-    h0 = tl.load(hstart_ptr + ih, mask=mask, other=0)
-    h1 = tl.load(hstart_ptr + ih + 1, mask=mask, other=0)
-    w0 = tl.load(wstart_ptr + iw, mask=mask, other=0)
-    w1 = tl.load(wstart_ptr + iw + 1, mask=mask, other=0)
-    base = grad_ptr + n * gs_n + c * gs_c
-    if FP64:
-        acc = tl.zeros([BLOCK], dtype=tl.float64)
+def _backward_row(n, mid, low, gs_n, gs_c, hstart_ptr, wstart_ptr, INDEX64: tl.constexpr,
+                  CHANNELS_LAST: tl.constexpr):
+    """For a row of grad_top ((n, c, ih) in NCHW, (n, ih, iw) in channels_last): the offset of
+    its n (and c) in grad, its window of grad rows [h0, h1) and, in channels_last, of grad
+    columns [w0, w1). The int32 starts tables are read in bounds (ih < TH, iw < TW)."""
+    if CHANNELS_LAST:
+        base = n * gs_n
+        ih = mid
+        w0 = tl.load(wstart_ptr + low)
+        w1 = tl.load(wstart_ptr + low + 1)
     else:
-        acc = tl.zeros([BLOCK], dtype=tl.float32)
-    # Row-major over the window, the order eager's backward adds in.
-    for dh in range(0, max_wh):
+        base = n * gs_n + mid * gs_c
+        ih = low
+        w0 = low * 0
+        w1 = w0
+    h0 = tl.load(hstart_ptr + ih)
+    h1 = tl.load(hstart_ptr + ih + 1)
+    if INDEX64:
+        h0, h1, w0, w1 = h0.to(tl.int64), h1.to(tl.int64), w0.to(tl.int64), w1.to(tl.int64)
+    return base, h0, h1, w0, w1
+
+
+@triton.jit
+def _add_grad_row(acc, grad_ptr, row_off, h_in, w0, w1, gs_w, mask, max_ww, cols, cols_mask,
+                  GROUP: tl.constexpr, WIN_W: tl.constexpr, UNIFORM_W: tl.constexpr):
+    """acc plus the window's columns of one grad row (at row_off), left to right."""
+    rows = grad_ptr + row_off
+    if UNIFORM_W:  # every window WIN_W (1 or 2) wide: the run's columns are contiguous
+        g = tl.load(rows + cols * gs_w, mask=cols_mask & h_in, other=0.0).to(acc.dtype)
+        if WIN_W == 2:
+            left, right = tl.split(tl.reshape(g, [acc.shape[0], acc.shape[1], 2]))
+            acc = acc + left
+            acc = acc + right
+        else:
+            acc = acc + g
+    elif WIN_W > 0:
+        for dw in tl.static_range(WIN_W):
+            inside = mask & h_in & (w0 + dw < w1)
+            acc = acc + tl.load(rows + (w0 + dw) * gs_w, mask=inside, other=0.0).to(acc.dtype)
+    else:
         for dw in range(0, max_ww):
-            inside = mask & (h0 + dh < h1) & (w0 + dw < w1)
-            g = tl.load(base + (h0 + dh) * gs_h + (w0 + dw) * gs_w, mask=inside, other=0.0)
-            acc += g.to(acc.dtype)
+            inside = mask & h_in & (w0 + dw < w1)
+            acc = acc + tl.load(rows + (w0 + dw) * gs_w, mask=inside, other=0.0).to(acc.dtype)
+    return acc
+
+
+@triton.jit
+def _backward_top_kernel(gtop_ptr, grad_ptr, hstart_ptr, wstart_ptr, numel, C, TH, TW,
+                         gs_n, gs_c, gs_h, gs_w, max_wh, max_ww,
+                         CHANNELS_LAST: tl.constexpr, FP64: tl.constexpr, BF16_RNE: tl.constexpr,
+                         GROUP: tl.constexpr, WRAP: tl.constexpr, INDEX64: tl.constexpr,
+                         WIN_H: tl.constexpr, WIN_W: tl.constexpr, UNIFORM_W: tl.constexpr,
+                         BLOCK: tl.constexpr):
+    """grad_top (dense, NCHW or NHWC) in runs of GROUP elements along its innermost dim, as the
+    forward. Each element sums its window of grad row-major (eager's order). WIN_H, WIN_W > 0:
+    the largest window's rows, columns, unrolled; 0: loops to max_wh, max_ww. UNIFORM_W (NCHW,
+    runs within rows): all windows WIN_W wide, so a run reads contiguous grad columns; grad's
+    strides n, c, h then come in units of GROUP (16 bytes), so that the compiler sees that
+    its rows are aligned to 16-byte vectors."""
+    if UNIFORM_W:
+        gs_n, gs_c, gs_h = gs_n * GROUP, gs_c * GROUP, gs_h * GROUP
+    first = _runs(BLOCK, GROUP, INDEX64)
+    if CHANNELS_LAST:
+        inner, s1, s0 = C, TH, TW
+    else:
+        inner, s1, s0 = TW, C, TH
+    row, i0 = _split(first, inner, GROUP, WRAP)
+    n, mid, low = _row_coords(row, s1, s0)
+    base, h0, h1, w0, w1 = _backward_row(n, mid, low, gs_n, gs_c, hstart_ptr, wstart_ptr,
+                                         INDEX64, CHANNELS_LAST)
+    base, h0, h1, w0, w1 = base[:, None], h0[:, None], h1[:, None], w0[:, None], w1[:, None]
+    i = i0[:, None] + tl.arange(0, GROUP)[None, :]
+    if WRAP:
+        nxt = i >= inner
+        i = tl.where(nxt, i - inner, i)
+        n, mid, low = _next_coords(n, mid, low, s1, s0)
+        nb, nh0, nh1, nw0, nw1 = _backward_row(n, mid, low, gs_n, gs_c, hstart_ptr, wstart_ptr,
+                                               INDEX64, CHANNELS_LAST)
+        base = tl.where(nxt, nb[:, None], base)
+        h0 = tl.where(nxt, nh0[:, None], h0)
+        h1 = tl.where(nxt, nh1[:, None], h1)
+        w0 = tl.where(nxt, nw0[:, None], w0)
+        w1 = tl.where(nxt, nw1[:, None], w1)
+    if CHANNELS_LAST:
+        base = base + i * gs_c
+    elif not UNIFORM_W:  # the window's columns depend on the element's own iw = i
+        w0 = tl.load(wstart_ptr + i)
+        w1 = tl.load(wstart_ptr + i + 1)
+        if INDEX64:
+            w0, w1 = w0.to(tl.int64), w1.to(tl.int64)
+    offs = first[:, None] + tl.arange(0, GROUP)[None, :]
+    mask = offs < numel
+    if UNIFORM_W:  # the run's WIN_W * GROUP grad columns; those of elements < numel
+        span = tl.arange(0, GROUP * WIN_W)[None, :]
+        base = base + i0[:, None] * WIN_W
+        cols = span
+        cols_mask = first[:, None] * WIN_W + span < numel * WIN_W
+    else:  # unused (an arange of WIN_W = 0 would not compile)
+        cols = i
+        cols_mask = mask
+    if FP64:
+        acc = tl.zeros([BLOCK // GROUP, GROUP], dtype=tl.float64)
+    else:
+        acc = tl.zeros([BLOCK // GROUP, GROUP], dtype=tl.float32)
+    # Row-major over the window, the order eager's backward adds in.
+    if WIN_H > 0:
+        for dh in tl.static_range(WIN_H):
+            acc = _add_grad_row(acc, grad_ptr, base + (h0 + dh) * gs_h, h0 + dh < h1, w0, w1,
+                                gs_w, mask, max_ww, cols, cols_mask, GROUP, WIN_W, UNIFORM_W)
+    else:
+        for dh in range(0, max_wh):
+            acc = _add_grad_row(acc, grad_ptr, base + (h0 + dh) * gs_h, h0 + dh < h1, w0, w1,
+                                gs_w, mask, max_ww, cols, cols_mask, GROUP, WIN_W, UNIFORM_W)
     tl.store(gtop_ptr + offs, _cast_out(acc, gtop_ptr.dtype.element_ty, BF16_RNE), mask=mask)
+
+
+# Windows up to this many rows (columns) are unrolled (a 2x upsample: 2, 3 with odd sizes);
+# larger ones loop.
+UNROLL_WINDOW = 4
 
 
 def _bf16_rne(t):
     return t.dtype == torch.bfloat16 and INTERPRETING
-
-
-def _grid(numel):
-    return (triton.cdiv(numel, BLOCK),)
 
 
 def _rules_for(t):
@@ -138,25 +309,81 @@ def _scales(in_size, out_size, scale_factor, kind):
     return f32, struct.unpack("<q", struct.pack("<d", f64))[0]
 
 
-def launch_forward(top, lateral, scale_h, scale_w, rules):
-    """upsample_add with `rules` ("cpu" or "cuda"): the ops pass their tensors' device; the tests
-    also run the CUDA rules on CPU tensors."""
-    fmt = output_memory_format(lateral)
-    out = torch.empty(lateral.shape, dtype=lateral.dtype, device=lateral.device, memory_format=fmt)
-    if out.numel() == 0:
-        return out
+def _runs_of(out, inner):
+    """(GROUP, WRAP, BLOCK) for a dense output whose rows hold `inner` elements: runs of one
+    16-byte vector where a row holds one, else single elements; 2 runs per thread of 4 warps."""
+    group = vector_elems(out) if inner >= vector_elems(out) else 1
+    return group, inner % group != 0, max(NUM_WARPS * 32 * group * 2, 1024)
+
+
+def _same_strides(a, b):
+    """Same element offsets (strides of size-1 dims do not matter)."""
+    return all(x == y for s, x, y in zip(a.shape, a.stride(), b.stride()) if s > 1)
+
+
+def forward_launch(out, top, lateral, scale_h, scale_w, rules, index64=None):
+    """The launch of the forward kernel for `out` = upsample_add(top, lateral) under `rules`.
+    index64: None (decided from the tensors' reach) or forced (the tests)."""
     (_, _, th, tw), (_, c, h, w) = top.shape, lateral.shape
     kind = _nearest.forward_kind(top, h, w, rules)
     sh, sh64 = _scales(th, h, scale_h, kind)
     sw, sw64 = _scales(tw, w, scale_w, kind)
-    wrap_triton(_upsample_add_kernel)[_grid(out.numel())](
-        out, lateral, top, c, h, w, th, tw, *lateral.stride(), *top.stride(), sh, sw, sh64, sw64,
-        out.numel(), CHANNELS_LAST=fmt == torch.channels_last, KIND=kind,
-        FP64=lateral.dtype == torch.float64, BF16_RNE=_bf16_rne(lateral), BLOCK=BLOCK)
+    cl = out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    group, wrap, block = _runs_of(out, c if cl else w)
+    if index64 is None:
+        index64 = needs_int64(block, out, lateral, top)
+    return Launch(_upsample_add_kernel, (triton.cdiv(out.numel(), block),),
+                  (out, lateral, top, out.numel(), c, h, w, th, tw, *lateral.stride(),
+                   *top.stride(), sh, sw, sh64, sw64),
+                  dict(CHANNELS_LAST=cl, KIND=kind, FP64=lateral.dtype == torch.float64,
+                       BF16_RNE=_bf16_rne(lateral), LAT_DENSE=_same_strides(lateral, out),
+                       GROUP=group, WRAP=wrap, INDEX64=bool(index64), BLOCK=block,
+                       num_warps=NUM_WARPS))
+
+
+def launch_forward(top, lateral, scale_h, scale_w, rules, *, index64=None, run=launch):
+    """upsample_add with `rules` ("cpu" or "cuda"): the ops pass their tensors' device; the tests
+    also run the CUDA rules on CPU tensors. `run` launches (the compile check compiles)."""
+    out = torch.empty(lateral.shape, dtype=lateral.dtype, device=lateral.device,
+                      memory_format=output_memory_format(lateral))
+    if out.numel() == 0:
+        return out
+    run(forward_launch(out, top, lateral, scale_h, scale_w, rules, index64))
     return out
 
 
-def launch_backward_top(grad, top_h, top_w, scale_h, scale_w, rules):
+def backward_top_launch(gtop, grad, scale_h, scale_w, rules, index64=None):
+    """The launch of the gather backward writing `gtop`, or None where it needs no kernel."""
+    n, c, h, w = grad.shape
+    top_h, top_w = gtop.shape[2:]
+    hs = _nearest.window_starts(top_h, h, scale_h, rules)
+    ws = _nearest.window_starts(top_w, w, scale_w, rules)
+    max_wh, max_ww = int((hs[1:] - hs[:-1]).max()), int((ws[1:] - ws[:-1]).max())
+    cl = gtop.is_contiguous(memory_format=torch.channels_last) and not gtop.is_contiguous()
+    group, wrap, block = _runs_of(gtop, c if cl else top_w)
+    win_h = max_wh if max_wh <= UNROLL_WINDOW else 0
+    win_w = max_ww if max_ww <= UNROLL_WINDOW else 0
+    # NCHW, windows all 1 or 2 wide, runs within rows and grad rows 16-byte aligned: each run
+    # reads contiguous, aligned grad columns.
+    uniform_w = (not cl and not wrap and group > 1 and win_w in (1, 2)
+                 and torch.equal(ws, win_w * torch.arange(top_w + 1)) and grad.stride(3) == 1
+                 and all(st % group == 0 for st in grad.stride()[:3]))
+    if index64 is None:
+        index64 = needs_int64(block, gtop, grad)
+    gs_n, gs_c, gs_h, gs_w = grad.stride()
+    if uniform_w:
+        gs_n, gs_c, gs_h = gs_n // group, gs_c // group, gs_h // group
+    return Launch(_backward_top_kernel, (triton.cdiv(gtop.numel(), block),),
+                  (gtop, grad, hs.to(torch.int32).to(grad.device),
+                   ws.to(torch.int32).to(grad.device), gtop.numel(), c, top_h, top_w,
+                   gs_n, gs_c, gs_h, gs_w, max_wh, max_ww),
+                  dict(CHANNELS_LAST=cl, FP64=grad.dtype == torch.float64,
+                       BF16_RNE=_bf16_rne(grad), GROUP=group, WRAP=wrap, INDEX64=bool(index64),
+                       WIN_H=win_h, WIN_W=win_w, UNIFORM_W=uniform_w, BLOCK=block, num_warps=NUM_WARPS))
+
+
+def launch_backward_top(grad, top_h, top_w, scale_h, scale_w, rules, *, index64=None,
+                        run=launch):
     """The gradient with respect to top under `rules` ("cpu" or "cuda"), as launch_forward."""
     n, c, h, w = grad.shape
     fmt = output_memory_format(grad)
@@ -167,13 +394,7 @@ def launch_backward_top(grad, top_h, top_w, scale_h, scale_w, rules):
         return gtop.zero_()
     if rules == "cuda" and (top_h, top_w) == (h, w):  # eager's CUDA backward copies (-0.0 stays)
         return gtop.copy_(grad)
-    hs = _nearest.window_starts(top_h, h, scale_h, rules)
-    ws = _nearest.window_starts(top_w, w, scale_w, rules)
-    max_wh, max_ww = int((hs[1:] - hs[:-1]).max()), int((ws[1:] - ws[:-1]).max())
-    wrap_triton(_backward_top_kernel)[_grid(gtop.numel())](
-        gtop, grad, hs.to(grad.device), ws.to(grad.device), c, top_h, top_w, *grad.stride(),
-        max_wh, max_ww, gtop.numel(), CHANNELS_LAST=fmt == torch.channels_last,
-        FP64=grad.dtype == torch.float64, BF16_RNE=_bf16_rne(grad), BLOCK=BLOCK)
+    run(backward_top_launch(gtop, grad, scale_h, scale_w, rules, index64))
     return gtop
 
 

@@ -1,0 +1,37 @@
+"""One kernel launch as data: what a launcher computes (kernel, grid, arguments, constexprs and
+launch options) is built once, then either launched (`launch`) or, by the compile check
+(fpnops/bench/triton_targets.py), compiled for a GPU target without launching."""
+import dataclasses
+
+from torch.library import wrap_triton
+
+INT32_MAX = 2**31 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    kernel: object  # a @triton.jit function
+    grid: tuple
+    args: tuple
+    kwargs: dict  # constexprs, num_warps, num_stages
+
+
+def launch(spec):
+    """The real launch (wrap_triton: torch.compile can trace it)."""
+    wrap_triton(spec.kernel)[spec.grid](*spec.args, **spec.kwargs)
+
+
+def reach(t):
+    """The largest element offset `t` addresses, from its sizes and strides."""
+    return sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride())) if t.numel() else 0
+
+
+def needs_int64(block, *tensors):
+    """Whether some offset a flat kernel over `block`-element programs forms may pass int32:
+    an element offset of a tensor, or a flat offset up to numel + block."""
+    return any(reach(t) > INT32_MAX or t.numel() + block > INT32_MAX for t in tensors)
+
+
+def vector_elems(t):
+    """Elements in one 16-byte access (8 for 16-bit dtypes, 4 float32, 2 float64)."""
+    return 16 // t.element_size()
