@@ -72,3 +72,15 @@ def assert_same_nonfinite(out, ref):
     fin = ref.isfinite()
     if fin.any():
         torch.testing.assert_close(out[fin].double(), ref[fin].double(), rtol=1e-4, atol=1e-4)
+
+
+def count_fused_convs(monkeypatch):
+    """A list that gets one entry per conv the CPU float32 fused path runs: the prepacked op,
+    or a last conv summed into its residual in place (fpnops/nn/resnet.py: _sum_into)."""
+    from fpnops.nn import resnet
+    calls = []
+    real, real_sum = torch.ops.fpnops.conv_bn_act_cpu_prepacked, resnet._sum_into
+    monkeypatch.setattr(torch.ops.fpnops, "conv_bn_act_cpu_prepacked",
+                        lambda *args: calls.append(1) or real(*args))
+    monkeypatch.setattr(resnet, "_sum_into", lambda *args: calls.append(1) or real_sum(*args))
+    return calls

@@ -1,10 +1,12 @@
-"""Bounds passed from one fused call to the next (fpnops/nn/resnet.py: _run_bounded,
-_call_bounded): inside a fused model's own forward (a fused stem's model, a ResNet layer of
-fused blocks), the bound on |values| a fused block proves for its output stands in for reading
-the next block's input (max_abs), until it proves too loose. These tests pin that it reads
-fewer inputs, and that every way other code could change a tensor between two fused calls
-(hooks on a block, a layer or the pool, in place, in inference mode) makes the next call read
-its input again, so NaN and inf stay eager's."""
+"""What one fused call hands the next (fpnops/nn/resnet.py: _run_bounded, _call_bounded) inside
+a fused model's own forward (a fused stem's model, a ResNet layer of fused blocks):
+- the bound on |values| a fused block proves for its output stands in for reading the next
+  block's input (max_abs), until it proves too loose. These tests pin that it reads fewer
+  inputs, and that every way other code could change a tensor between two fused calls (hooks on
+  a block, a layer or the pool, in place, in inference mode) makes the next call read its input
+  again, so NaN and inf stay eager's;
+- whether the tensor is fpnops' own intermediate, which a block's last conv may sum its output
+  into (in place, as Inductor's frozen graph does): never a tensor the caller holds."""
 import copy
 import functools
 
@@ -16,6 +18,7 @@ from fused_models import assert_same_nonfinite, randomize_bn, rel_err
 from torchvision.models._utils import IntermediateLayerGetter
 
 import fpnops
+from fpnops.nn import resnet
 
 
 @pytest.fixture
@@ -158,3 +161,54 @@ def test_fuzz_overflow_anywhere_matches_eager(seed, reads):
         fin = ref.isfinite()
         if fin.any() and ref[fin].abs().max() > 0:
             assert rel_err(out[fin], ref[fin]) < 1e-4
+
+
+def _out_of_place(into, x, packed, bias, args, relu):
+    """_sum_into's result without writing into `into`."""
+    stride, padding, dilation, groups = args
+    return torch.ops.fpnops.conv_bn_act_cpu_prepacked(x, packed, bias, stride, padding, dilation,
+                                                      groups, into.clone(), relu)
+
+
+SUMMED = {  # model, the number of blocks whose last conv sums into its residual in place
+    "resnet50 body": (lambda: _layer_getter(randomize_bn(torchvision.models.resnet50()).eval()), 16),
+    # layer1.0 has no downsample: its residual is the max pool's output, returned as "pool"
+    "resnet getter keeping the pool": (lambda: IntermediateLayerGetter(
+        _resnet((2, 2, 1, 1), width=16), {"maxpool": "pool", "layer2": "c3", "layer4": "c5"}), 5),
+    "resnet": (lambda: _resnet((2, 2, 1, 1), width=16), 6),
+}
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+@pytest.mark.parametrize("name", list(SUMMED))
+def test_sums_into_its_own_intermediates_only(name, mode, monkeypatch):
+    """Every block's last conv sums into its residual in place where that residual is a
+    downsample's output or the previous fused block's (fpnops' own), never into a tensor the
+    caller gets (a returned layer or pool output) or passed in; the outputs are bit for bit
+    those of the out-of-place sum."""
+    ctor, expected = SUMMED[name]
+    fused = fpnops.fuse(ctor())
+    x = torch.randn(1, 3, 64, 72)
+    x0 = x.clone()
+    ctx = torch.inference_mode if mode == "inference_mode" else torch.no_grad
+    calls = []
+    real = resnet._sum_into
+    with ctx():
+        fused(x)  # warm
+        monkeypatch.setattr(resnet, "_sum_into", lambda *a: calls.append(1) or real(*a))
+        outs = _outputs(fused(x))
+        assert len(calls) == expected
+        monkeypatch.setattr(resnet, "_sum_into", _out_of_place)
+        refs = _outputs(fused(x))
+    assert torch.equal(x, x0)
+    for out, ref in zip(outs, refs):
+        assert torch.equal(out, ref)
+
+
+def test_a_block_called_by_the_user_never_writes_into_its_input():
+    block = fpnops.fuse(_resnet((2, 1, 1, 1), width=16)).layer1[1]  # an identity block
+    x = torch.randn(1, 16, 9, 11).contiguous(memory_format=torch.channels_last)
+    x0 = x.clone()
+    with torch.no_grad():
+        block(x)
+    assert torch.equal(x, x0)

@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
-from fused_models import (assert_same_nonfinite, basic_block, bottleneck, nonfinite_like,
-                          randomize_bn)
+from fused_models import (assert_same_nonfinite, basic_block, bottleneck, count_fused_convs,
+                          nonfinite_like, randomize_bn)
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import Bottleneck
 
@@ -20,12 +20,8 @@ from fpnops.reference import resnet as ref_resnet
 
 @pytest.fixture
 def prepacked(monkeypatch):
-    """Counts calls of the CPU float32 prepacked fused conv."""
-    calls = []
-    real = torch.ops.fpnops.conv_bn_act_cpu_prepacked
-    monkeypatch.setattr(torch.ops.fpnops, "conv_bn_act_cpu_prepacked",
-                        lambda *args: calls.append(1) or real(*args))
-    return calls
+    """Counts the convs the CPU float32 prepacked fused path runs."""
+    return count_fused_convs(monkeypatch)
 
 
 def _resnet10():

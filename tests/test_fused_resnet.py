@@ -9,7 +9,7 @@ import torch.nn as nn
 import torchvision
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
-from fused_models import randomize_bn, rel_err
+from fused_models import count_fused_convs, randomize_bn, rel_err
 
 import fpnops
 import fpnops.nn.resnet as fused_resnet
@@ -53,10 +53,7 @@ def test_fuse_resnets_keeps_state_dict_and_matches(ctor, monkeypatch):
     assert len(blocks) > 0
     assert not any(type(m).__name__ in ("Bottleneck", "BasicBlock") for m in fused.modules())
     x = torch.randn(1, 3, 67, 85)
-    calls = []
-    real = torch.ops.fpnops.conv_bn_act_cpu_prepacked
-    monkeypatch.setattr(torch.ops.fpnops, "conv_bn_act_cpu_prepacked",
-                        lambda *args: calls.append(1) or real(*args))
+    calls = count_fused_convs(monkeypatch)
     with torch.no_grad():
         ref = [o.double() for o in outputs(copy.deepcopy(model).double()(x.double()))]
         out = outputs(fused(x))
@@ -99,10 +96,7 @@ def test_cpu_inference_prepacked_channels_last(monkeypatch):
     body = torchvision.models._utils.IntermediateLayerGetter(model, {"layer2": "c3", "layer4": "c5"})
     fused = fpnops.fuse(body)
     ref64 = copy.deepcopy(body).double()
-    calls = []
-    real = torch.ops.fpnops.conv_bn_act_cpu_prepacked
-    monkeypatch.setattr(torch.ops.fpnops, "conv_bn_act_cpu_prepacked",
-                        lambda *args: calls.append(1) or real(*args))
+    calls = count_fused_convs(monkeypatch)
     n_convs = sum(isinstance(m, nn.Conv2d) for m in body.modules())
     limit = fused_resnet._FoldedWeights.PACKED_SHAPES
     shapes = [(1, 3, 67, 85), (2, 3, 64, 64)] + [(1, 3, 64 + 8 * i, 72) for i in range(limit)] + [(1, 3, 67, 85)]

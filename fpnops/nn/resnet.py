@@ -125,14 +125,15 @@ def _drop(cache):
         cache.clear()
 
 
-def _fused_chain(who, x, steps, residual, cache, backend, bound=None):
+def _fused_chain(who, x, steps, residual, cache, backend, bound=None, owned=False):
     """relu?(bn(conv(...)) ...) over steps [(conv name, _Pair, relu)], each one fused conv, the
     last adding `residual`: None, "x" (x itself), a tensor, or (name, _Pair) of a conv -> BN on x
     (a folded downsample).
     Returns (y, bound on |y|), the bound None where the path taken needs none (only the CPU
     float32 inference path does: see _packed_chain; `bound` is x's there, None: measure it), or
     None where that path cannot prove that no NaN reaches a ReLU (the caller then runs the
-    original math). cache None: traced, nothing kept."""
+    original math). cache None: traced, nothing kept. owned: x is fpnops' own intermediate,
+    which no one else holds (see _run_bounded): that path may write y into it."""
     name0, pair0, _ = steps[0]
     _check_x(who, name0, x, pair0.conv)
     pairs = [p for _, p, _ in steps] + ([residual[1]] if isinstance(residual, tuple) else [])
@@ -144,7 +145,7 @@ def _fused_chain(who, x, steps, residual, cache, backend, bound=None):
     else:
         folds = [cache.folded(p, ts) for p, ts in zip(pairs, tensors)]
         if not isinstance(residual, torch.Tensor) and _packed_applies(x, backend, folds):
-            return _packed_chain(who, x, steps, residual, folds, cache, bound)
+            return _packed_chain(who, x, steps, residual, folds, cache, bound, owned)
         folds = [(f.weight, f.bias) for f in folds]
     res = x if isinstance(residual, str) else residual
     if isinstance(residual, tuple):
@@ -172,7 +173,7 @@ def _chain_bound(bound, residual, folds, n):
     return out if out < SAFE_BOUND else None
 
 
-def _packed_chain(who, x, steps, residual, folds, cache, bound=None):
+def _packed_chain(who, x, steps, residual, folds, cache, bound=None, owned=False):
     # The NaN test: oneDNN's ReLU post-op maps NaN to 0. A bound on every value each conv can
     # compute (its constants from the cache) proves none overflows, so no NaN is made; an
     # input bound that is not finite, or one that grows too large, runs the original math.
@@ -187,15 +188,34 @@ def _packed_chain(who, x, steps, residual, folds, cache, bound=None):
     packs = cache.packed(steps[0][0], shape, folds, lambda: _pack(who, shape, steps, folds, residual))
     prepacked = torch.ops.fpnops.conv_bn_act_cpu_prepacked
     res = x if isinstance(residual, str) else None
+    into = None  # the residual the last conv sums into in place (oneDNN's sum post-op)
     if isinstance(residual, tuple):
         stride, padding, dilation, groups = residual[1].args
-        res = prepacked(x, packs[-1], folds[-1].bias, stride, padding, dilation, groups, None, False)
+        res = into = prepacked(x, packs[-1], folds[-1].bias, stride, padding, dilation, groups,
+                               None, False)
+    elif owned and res is not None and res.is_contiguous(memory_format=torch.channels_last):
+        into = res
     for i, (_, pair, relu) in enumerate(steps):
         stride, padding, dilation, groups = pair.args
-        last = i == len(steps) - 1
-        x = prepacked(x, packs[i], folds[i].bias, stride, padding, dilation, groups,
-                      res if last else None, relu)
+        if i < len(steps) - 1:
+            x = prepacked(x, packs[i], folds[i].bias, stride, padding, dilation, groups, None, relu)
+        elif into is not None:
+            x = _sum_into(into, x, packs[i], folds[i].bias, pair.args, relu)
+        else:
+            x = prepacked(x, packs[i], folds[i].bias, stride, padding, dilation, groups, res, relu)
     return x, out_bound
+
+
+def _sum_into(into, x, packed, bias, args, relu):
+    """relu?(conv(x) + into), written into `into` (dense channels_last, the conv's output shape):
+    the same bits as conv_bn_act_cpu_prepacked's residual add, without reading the residual
+    from one buffer and writing another: at large feature maps (ResNet50's 1x1 convs at stride
+    4) the convolution is memory-bound, and this is most of what Inductor's frozen graph does
+    better. x and the arguments were checked when the chain was packed (_pack)."""
+    stride, padding, dilation, groups = args
+    return torch.ops.mkldnn._convolution_pointwise_.binary(
+        into, x.contiguous(memory_format=torch.channels_last), packed, bias, list(padding),
+        list(stride), list(dilation), groups, "add", None, "relu" if relu else None, [], None)
 
 
 # --- Sequentials and stems: runs of conv -> BN (-> ReLU) among other modules --------------------
@@ -226,9 +246,12 @@ def run_folding(who, named_modules, x, cache, backend, on_output=None, keep=()):
     return _run_bounded(who, named_modules, x, cache, backend, on_output, keep)[0]
 
 
-def _run_bounded(who, named_modules, x, cache, backend, on_output=None, keep=(), bound=None):
-    """run_folding, passing bounds on |x| from one fused call to the next (see _call_bounded):
-    (x, bound on |x| or None). `bound`: one on the input's, or None."""
+def _run_bounded(who, named_modules, x, cache, backend, on_output=None, keep=(), bound=None,
+                 owned=False):
+    """run_folding, handing on from one fused call to the next what it knows of x (see
+    _call_bounded): (x, bound on |x| or None, owned). `bound`: one on the input's, or None;
+    owned: the input is fpnops' own intermediate, held by no one else (a fused call may write
+    its output into it). on_output may keep only the outputs named in `keep`."""
     mods = list(named_modules)
     if torch.compiler.is_compiling():
         cache = None  # traced: Inductor folds and packs itself; no state kept
@@ -238,42 +261,47 @@ def _run_bounded(who, named_modules, x, cache, backend, on_output=None, keep=(),
         steps, n = (None, 1) if everywhere else _run_at(mods, i, keep, cache)
         y = None if steps is None else _fused_chain(who, x, steps, None, cache, backend, bound)
         if y is not None:
-            x, bound = y
+            (x, bound), owned = y, True  # a new tensor
         elif n == 1 and not everywhere and cache is not None:
-            x, bound = _call_bounded(mods[i][1], x, bound)
+            x, bound, owned = _call_bounded(mods[i][1], x, bound, owned)
         else:
             for _, m in mods[i:i + n]:  # as nn.Sequential: also where the NaN test failed
                 x = m(x)
-            bound = None
+            bound, owned = None, False
         i += n
         if on_output is not None:
             on_output(mods[i - 1][0], x)
-    return x, bound
+            owned = owned and mods[i - 1][0] not in keep  # kept: the caller returns it
+    return x, bound, owned
 
 
-def _call_bounded(m, x, bound):
-    """m(x) and a bound on its |values| (None where unknown), for a module whose forward is
-    known to fpnops: a fused block or Sequential is run with `bound` on |x| (it then reads x only
-    where that bound proves too loose), max pooling and ReLU keep it. Only where nothing but
-    m's own forward can run (no hooks on m, not traced, not compiled by m.compile()): then no
-    code in between can change x after the bound on it was made, inference tensors included.
+def _call_bounded(m, x, bound, owned):
+    """(m(x), a bound on its |values| or None, whether it is fpnops' own intermediate) for a
+    module whose forward is known to fpnops: a fused block or Sequential is run with `bound` on
+    |x| (it then reads x only where that bound proves too loose) and, where x is `owned`, may
+    sum its output into x; max pooling and ReLU keep the bound. Only where nothing but m's own
+    forward can run (no hooks on m, not traced, not compiled by m.compile()): then no code in
+    between can see or change x after the bound on it was made, inference tensors included.
     Anything else: m(x) as usual."""
     kind = type(m)
     if _exact.has_hooks(m) or m._compiled_call_impl is not None or torch.jit.is_tracing():
-        return m(x), None
+        return m(x), None, False
     if kind in (FusedBottleneck, FusedBasicBlock):
-        return m._forward_bounded(x, bound)
+        y, bound = m._forward_bounded(x, bound, owned)
+        return y, bound, bound is not None  # a bound: the fused path made y
     if kind is FusedConvBNAct:
         return _run_bounded(kind.__name__, m._modules.items(), x, m._fpnops_cache, m.backend,
-                            bound=bound)
+                            bound=bound, owned=owned)
     if kind is nn.Sequential:  # a ResNet layer: its fused blocks (a conv in it is not fused)
         for child in m._modules.values():
-            x, bound = _call_bounded(child, x, bound)
-        return x, bound
+            x, bound, owned = _call_bounded(child, x, bound, owned)
+        return x, bound, owned
     y = m(x)
-    if bound is not None and ((kind is nn.MaxPool2d and not m.return_indices) or kind is nn.ReLU):
-        return y, bound  # each value is one of x's (or 0): no larger
-    return y, None
+    if kind is nn.MaxPool2d and not m.return_indices:
+        return y, bound, True  # a new tensor, each value one of x's
+    if kind is nn.ReLU:
+        return y, bound, owned and y is x  # in place, or a new tensor someone may hold
+    return y, None, False
 
 
 class FusedConvBNAct(CacheOwner, nn.Sequential):
@@ -374,12 +402,14 @@ class _FusedBlock(CacheOwner, nn.Module):
     def forward(self, x):
         return self._forward_bounded(x, None)[0]
 
-    def _forward_bounded(self, x, bound):
-        """(forward(x), a bound on |its values| or None); `bound`: one on |x|, or None."""
+    def _forward_bounded(self, x, bound, owned=False):
+        """(forward(x), a bound on |its values| or None); `bound`: one on |x|, or None; owned:
+        x is fpnops' own intermediate, which the output may be written into."""
         cache = None if torch.compiler.is_compiling() else self._fpnops_cache  # traced: none
         steps, residual = self._plan(x, cache)
         if steps is not None:
-            y = _fused_chain(type(self).__name__, x, steps, residual, cache, self.backend, bound)
+            y = _fused_chain(type(self).__name__, x, steps, residual, cache, self.backend, bound,
+                             owned)
             if y is not None:
                 return y
         return self._source.forward(self, x), None
