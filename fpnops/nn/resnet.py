@@ -189,17 +189,17 @@ def _packed_chain(who, x, steps, residual, folds, cache, bound=None, owned=False
     prepacked = torch.ops.fpnops.conv_bn_act_cpu_prepacked
     res = x if isinstance(residual, str) else None
     into = None  # the residual the last conv sums into in place (oneDNN's sum post-op)
-    if isinstance(residual, tuple):
-        stride, padding, dilation, groups = residual[1].args
-        res = into = prepacked(x, packs[-1], folds[-1].bias, stride, padding, dilation, groups,
-                               None, False)
-    elif owned and res is not None and res.is_contiguous(memory_format=torch.channels_last):
+    if owned and res is not None and res.is_contiguous(memory_format=torch.channels_last):
         into = res
+    x0 = x
     for i, (_, pair, relu) in enumerate(steps):
         stride, padding, dilation, groups = pair.args
         if i < len(steps) - 1:
             x = prepacked(x, packs[i], folds[i].bias, stride, padding, dilation, groups, None, relu)
-        elif into is not None:
+            continue
+        if isinstance(residual, tuple):  # the downsample now: conv1 read x while it was cached
+            res = into = prepacked(x0, packs[-1], folds[-1].bias, *residual[1].args, None, False)
+        if into is not None:
             x = _sum_into(into, x, packs[i], folds[i].bias, pair.args, relu)
         else:
             x = prepacked(x, packs[i], folds[i].bias, stride, padding, dilation, groups, res, relu)
