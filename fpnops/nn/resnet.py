@@ -191,19 +191,16 @@ def _packed_chain(who, x, steps, residual, folds, cache, bound=None, owned=False
     into = None  # the residual the last conv sums into in place (oneDNN's sum post-op)
     if owned and res is not None and res.is_contiguous(memory_format=torch.channels_last):
         into = res
-    x0 = x
-    for i, (_, pair, relu) in enumerate(steps):
-        stride, padding, dilation, groups = pair.args
-        if i < len(steps) - 1:
-            x = prepacked(x, packs[i], folds[i].bias, stride, padding, dilation, groups, None, relu)
-            continue
-        if isinstance(residual, tuple):  # the downsample now: conv1 read x while it was cached
-            res = into = prepacked(x0, packs[-1], folds[-1].bias, *residual[1].args, None, False)
-        if into is not None:
-            x = _sum_into(into, x, packs[i], folds[i].bias, pair.args, relu)
-        else:
-            x = prepacked(x, packs[i], folds[i].bias, stride, padding, dilation, groups, res, relu)
-    return x, out_bound
+    y = x
+    for i, (_, pair, relu) in enumerate(steps[:-1]):
+        y = prepacked(y, packs[i], folds[i].bias, *pair.args, None, relu)
+    if isinstance(residual, tuple):  # the downsample now: conv1 read x while it was cached
+        res = into = prepacked(x, packs[-1], folds[-1].bias, *residual[1].args, None, False)
+    last = len(steps) - 1
+    _, pair, relu = steps[last]
+    if into is not None:
+        return _sum_into(into, y, packs[last], folds[last].bias, pair.args, relu), out_bound
+    return prepacked(y, packs[last], folds[last].bias, *pair.args, res, relu), out_bound
 
 
 def _sum_into(into, x, packed, bias, args, relu):
