@@ -353,7 +353,8 @@ def launch_forward(top, lateral, scale_h, scale_w, rules, *, index64=None, run=l
 
 
 def backward_top_launch(gtop, grad, scale_h, scale_w, rules, index64=None):
-    """The launch of the gather backward writing `gtop`, or None where it needs no kernel."""
+    """The launch of the gather backward writing `gtop` (launch_backward_top handles the cases
+    that need no kernel)."""
     n, c, h, w = grad.shape
     top_h, top_w = gtop.shape[2:]
     hs = _nearest.window_starts(top_h, h, scale_h, rules)
