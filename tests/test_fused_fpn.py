@@ -277,3 +277,66 @@ def test_unusual_inputs_compute_what_torchvision_computes(shapes):
     x = OrderedDict((str(i), torch.randn(s)) for i, s in enumerate(shapes))
     with torch.no_grad():
         assert_same_outputs(fused(x), tv(x))
+
+
+# --- packed convs (CPU float32 inference, channels_last) ------------------------------------------
+
+def _packed_entries(fused):
+    return sum(len(lru) for lru in fused._fpnops_cache._packed.values())
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_packed_convs_are_eager_bit_for_bit_and_follow_weight_changes(mode):
+    """channels_last CPU float32 inference runs each plain conv on a weight oneDNN reordered
+    once per input shape: the same bits as torchvision's FPN, rebuilt where a weight changes in
+    place or is replaced, and (.data changes) after fpnops.refresh."""
+    torch.manual_seed(0)
+    ref = FeaturePyramidNetwork(CHANNELS, 8, extra_blocks=LastLevelMaxPool()).eval()
+    fused = fpnops.FusedFPN.from_module(ref, copy=True)
+    x = features(layout=torch.channels_last)
+    ctx = torch.inference_mode if mode == "inference_mode" else torch.no_grad
+    with ctx():
+        assert_same_outputs(fused(x), ref(x))
+        assert _packed_entries(fused) == 2 * len(CHANNELS)
+        assert_same_outputs(fused(x), ref(x))  # from the cache
+    bias = torch.randn(8)
+    for m in (ref, fused):
+        with torch.no_grad():
+            m.layer_blocks[0][0].weight.mul_(-2.0)
+            m.inner_blocks[1][0].bias = nn.Parameter(bias.clone())
+    with ctx():
+        assert_same_outputs(fused(x), ref(x))
+    for m in (ref, fused):
+        m.inner_blocks[2][0].weight.data.mul_(3.0)  # unseen by version counters
+    fpnops.refresh(fused)
+    with ctx():
+        assert_same_outputs(fused(x), ref(x))
+
+
+@pytest.mark.parametrize("case", ["nchw", "autograd", "hook", "backend torch", "eval->train"])
+def test_packed_convs_only_where_eager_would_compute_the_same(case):
+    """NCHW input (eager's output would be NCHW), autograd, a hook on a conv, backend="torch":
+    the block runs itself (same output, same layout, the hook called), nothing packed (the
+    hooked conv only: the others are)."""
+    torch.manual_seed(0)
+    ref = FeaturePyramidNetwork(CHANNELS, 8).eval()
+    fused = fpnops.FusedFPN.from_module(ref, copy=True, backend="torch" if case == "backend torch" else "auto")
+    x = features(layout=torch.contiguous_format if case == "nchw" else torch.channels_last)
+    called = []
+    if case == "hook":
+        for m in (ref, fused):
+            m.inner_blocks[0][0].register_forward_hook(lambda *a: called.append(1))
+    if case == "eval->train":  # train() and eval() drop the packed weights
+        with torch.no_grad():
+            fused(x)
+        assert _packed_entries(fused) == 2 * len(CHANNELS)
+        fused.train().eval()
+        assert _packed_entries(fused) == 0
+    with torch.set_grad_enabled(case == "autograd"):
+        out, expect = fused(x), ref(x)
+    assert_same_outputs(out, expect)
+    for k in out:
+        assert out[k].stride() == expect[k].stride()
+    packed = {"hook": 2 * len(CHANNELS) - 1, "eval->train": 2 * len(CHANNELS)}.get(case, 0)
+    assert _packed_entries(fused) == packed
+    assert case != "hook" or len(called) == 2

@@ -107,6 +107,17 @@ class _Folded:
             self.gain, self.offset = _bound(conv, bn, self.weight, self.bias) if cpu else (None, None)
 
 
+class _Plain:
+    """A conv that runs without a BN to fold (the FPN's): its geometry and the stamp of its
+    weight and bias, as _Folded's, so that its packed weight is rebuilt when either changes."""
+
+    def __init__(self, conv):
+        self.conv, self.attrs = conv, _attrs(conv, None)
+        self.tensors = (conv.weight, conv.bias)  # held: their ids in the stamp stay theirs
+        self.stamp = _stamp(self.tensors)
+        self.args = (tuple(conv.stride), _exact.conv_padding(conv), tuple(conv.dilation), conv.groups)
+
+
 class _FoldedWeights:
     """The cache of one fused module. Thread-safe: entries are immutable once built and swapped
     in whole; the packed-weight LRU is changed under a lock, never held while anything runs."""
@@ -132,6 +143,14 @@ class _FoldedWeights:
         p = pairs.get(name)
         if p is None or p.conv is not conv or p.bn is not bn or p.attrs != _attrs(conv, bn):
             p = pairs[name] = _Pair(conv, bn)
+        return p
+
+    def plain(self, name, conv):
+        """The _Plain for `name` while the same conv, unchanged in geometry, weight and bias."""
+        p = self._pairs.get(name)
+        if (p is None or p.conv is not conv or p.attrs != _attrs(conv, None)
+                or p.stamp != _stamp((conv.weight, conv.bias))):
+            p = self._pairs[name] = _Plain(conv)
         return p
 
     @staticmethod

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fpnops import _backend
+from fpnops.nn import _exact
+from fpnops.nn._cache import CacheOwner, _FoldedWeights
 from fpnops.ops.upsample_add import upsample_add
 from fpnops.ops.upsample_add_checks import check_dense
 from fpnops.reference.fpn import FPN as ReferenceFPN
@@ -104,7 +106,38 @@ def _conv_norm(in_channels, out_channels, kernel_size, norm_layer):
     return nn.Sequential(*layers)
 
 
-class FusedFPN(nn.Module):
+def _plain_conv(block):
+    """The conv of an FPN block that is one plain nn.Conv2d (torchvision's Conv2dNormActivation
+    or a Sequential holding only it, or the conv itself), with no hooks on either; else None."""
+    conv = block
+    if type(block) is not nn.Conv2d:
+        if len(block._modules) != 1 or _exact.has_hooks(block) or not (
+                type(block) is nn.Sequential or type(block).__name__ == "Conv2dNormActivation"):
+            return None
+        (conv,) = block._modules.values()
+    if type(conv) is not nn.Conv2d or _exact.has_hooks(conv) or _exact.why_not_conv(conv):
+        return None
+    return conv
+
+
+def _packs(x, conv, backend):
+    """Whether the conv runs on a weight oneDNN reordered once per input shape: CPU float32
+    inference (no autograd, no autocast, not traced) on a channels_last x of the conv's channels
+    (eager's output is channels_last then too, and the bits are the same: the same oneDNN
+    convolution, without the reorder of the weight at every call)."""
+    w = conv.weight
+    return (backend in ("auto", "native") and x.device.type == "cpu" and x.dtype == torch.float32
+            and x.layout == torch.strided and x.dim() == 4 and x.numel() > 0
+            and x.shape[1] == conv.in_channels and x.is_contiguous(memory_format=torch.channels_last)
+            and w.dtype == torch.float32 and w.device.type == "cpu"
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing() and not _exact.global_hooks()
+            and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or (
+                conv.bias is not None and conv.bias.requires_grad))))
+
+
+class FusedFPN(CacheOwner, nn.Module):
     """Drop-in for torchvision.ops.FeaturePyramidNetwork.
 
     Args:
@@ -142,6 +175,7 @@ class FusedFPN(nn.Module):
                             f"{type(extra_blocks).__name__}")
         self.extra_blocks = extra_blocks
         self.backend = _backend.check("FusedFPN", backend)
+        self._fpnops_cache = _FoldedWeights()
 
     @classmethod
     def from_module(cls, m: nn.Module, *, backend: str = "auto", copy: bool = False) -> nn.Module:
@@ -176,6 +210,7 @@ class FusedFPN(nn.Module):
         fused.inner_blocks, fused.layer_blocks = inner_blocks, layer_blocks
         fused.extra_blocks = extra_blocks
         fused.backend = _backend.check("FusedFPN", backend)
+        fused._fpnops_cache = _FoldedWeights()
         return fused
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
@@ -199,7 +234,10 @@ class FusedFPN(nn.Module):
         out = x
         for i, block in enumerate(self.inner_blocks):
             if i == idx:
-                out = block(x)
+                if torch.jit.is_scripting():
+                    out = block(x)
+                else:
+                    out = self._run_block(block, f"inner_blocks.{i}", x)
         return out
 
     def _layer(self, x: Tensor, idx: int) -> Tensor:
@@ -207,8 +245,30 @@ class FusedFPN(nn.Module):
         out = x
         for i, block in enumerate(self.layer_blocks):
             if i == idx:
-                out = block(x)
+                if torch.jit.is_scripting():
+                    out = block(x)
+                else:
+                    out = self._run_block(block, f"layer_blocks.{i}", x)
         return out
+
+    @torch.jit.unused
+    def _run_block(self, block: nn.Module, name: str, x: Tensor) -> Tensor:
+        """block(x); a plain conv block on CPU float32 inference input runs on a weight oneDNN
+        reordered once per input shape and kept in the module's cache (as the fused ResNet
+        blocks do; Inductor's freezing does the same), bit for bit the conv eager runs."""
+        conv = _plain_conv(block)
+        if conv is None or not _packs(x, conv, self.backend):
+            return block(x)
+        cache = self._fpnops_cache
+        p = cache.plain(name, conv)
+        stride, padding, dilation, groups = p.args
+        shape = tuple(x.shape)
+        (packed,) = cache.packed(name, shape, (p,), lambda: (
+            torch.ops.mkldnn._reorder_convolution_weight(conv.weight, list(padding), list(stride),
+                                                         list(dilation), groups, list(shape)),))
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, packed, conv.bias, list(padding), list(stride), list(dilation), groups, "none", [],
+            None)
 
     def forward(self, x: Dict[str, Tensor]) -> Dict[str, Tensor]:
         if not torch.jit.is_scripting():  # TorchScript types x itself
