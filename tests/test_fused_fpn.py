@@ -340,3 +340,73 @@ def test_packed_convs_only_where_eager_would_compute_the_same(case):
     packed = {"hook": 2 * len(CHANNELS) - 1, "eval->train": 2 * len(CHANNELS)}.get(case, 0)
     assert _packed_entries(fused) == packed
     assert case != "hook" or len(called) == 2
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle", "torch.save"])
+def test_packed_convs_after_copies(how):
+    """A FusedFPN whose cache holds opaque oneDNN weights, copied: the copy starts with an empty
+    cache (nothing opaque pickled), computes the same bits, and its parameters are its own."""
+    import copy
+    import io
+    import pickle
+    torch.manual_seed(0)
+    ref = FeaturePyramidNetwork(CHANNELS, 8, extra_blocks=LastLevelMaxPool()).eval()
+    fused = fpnops.FusedFPN.from_module(ref, copy=True)
+    x = features(layout=torch.channels_last)
+    with torch.no_grad():
+        fused(x)
+    assert _packed_entries(fused) == 2 * len(CHANNELS)
+
+    def saved(m):
+        buf = io.BytesIO()
+        torch.save(m, buf)
+        buf.seek(0)
+        return torch.load(buf, weights_only=False)
+    copied = {"deepcopy": copy.deepcopy, "pickle": lambda m: pickle.loads(pickle.dumps(m)),
+              "torch.save": saved}[how](fused)
+    assert type(copied) is fpnops.FusedFPN and _packed_entries(copied) == 0
+    with torch.no_grad():
+        assert_same_outputs(copied(x), ref(x))
+        assert_same_outputs(fused(x), ref(x))
+    for a, b in zip(copied.parameters(), fused.parameters()):
+        assert a is not b and torch.equal(a, b)
+
+
+def test_packed_convs_from_threads():
+    """Threads calling one FusedFPN at once with different input shapes (each its own packed
+    weights, the cache's LRU changed under its lock) all get eager's bits."""
+    import sys
+    import threading
+    torch.manual_seed(0)
+    ref = FeaturePyramidNetwork(CHANNELS, 8, extra_blocks=LastLevelMaxPool()).eval()
+    fused = fpnops.FusedFPN.from_module(ref, copy=True)
+    sizes = [((41, 59), (21, 30), (11, 15), (6, 8)), ((40, 40), (20, 20), (10, 10), (5, 5)),
+             ((33, 17), (17, 9), (9, 5), (5, 3))]
+    inputs = [features(layout=torch.channels_last, sizes=s) for s in sizes]
+    with torch.no_grad():
+        expected = [ref(x) for x in inputs]
+    errors, mismatches = [], []
+
+    def work(i):
+        try:
+            for r in range(6):
+                k = (i + r) % len(inputs)
+                with torch.no_grad():
+                    out = fused(inputs[k])
+                if not all(torch.equal(out[n], expected[k][n]) for n in out):
+                    mismatches.append((i, r))
+        except Exception as e:  # noqa: BLE001 - reported by the assert below
+            errors.append(repr(e))
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors[:3]
+    assert not mismatches
+    assert 0 < _packed_entries(fused) <= 2 * len(CHANNELS) * len(sizes)
