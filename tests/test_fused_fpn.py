@@ -269,12 +269,15 @@ def test_retinanet_and_maskrcnn_fuse():
     [(1, 16, 16, 16), (1, 24, 8, 8), (1, 32, 4, 4), (1, 8, 3, 3), (1, 32, 2, 2)],  # one passes through
     [(1, 16, 16, 16), (1, 32, 4, 4)],                                  # fewer maps than levels
 ], ids=["broadcast", "more_maps", "pass_through", "fewer_maps"])
-def test_unusual_inputs_compute_what_torchvision_computes(shapes):
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_unusual_inputs_compute_what_torchvision_computes(shapes, layout):
     """torchvision's FPN picks a block per map (the last block for the coarsest) and broadcasts
-    a batch of 1 in its adds: FusedFPN does the same, where it used to raise."""
+    a batch of 1 in its adds: FusedFPN does the same, where it used to raise (channels_last:
+    on packed convs, the lateral summed into the upsampled top where it can be)."""
     tv = FeaturePyramidNetwork(CHANNELS[:3], 8).eval()
     fused = fpnops.FusedFPN.from_module(tv)
-    x = OrderedDict((str(i), torch.randn(s)) for i, s in enumerate(shapes))
+    x = OrderedDict((str(i), torch.randn(s).contiguous(memory_format=layout))
+                    for i, s in enumerate(shapes))
     with torch.no_grad():
         assert_same_outputs(fused(x), tv(x))
 
@@ -410,3 +413,48 @@ def test_packed_convs_from_threads():
     assert not errors, errors[:3]
     assert not mismatches
     assert 0 < _packed_entries(fused) <= 2 * len(CHANNELS) * len(sizes)
+
+
+def _bits(t):
+    return t.contiguous().view(torch.int32)
+
+
+@pytest.mark.parametrize("values", ["random", "nan_inf_zeros"])
+@pytest.mark.parametrize("sizes", [((41, 59), (21, 30), (11, 15), (6, 8)),
+                                   ((32, 32), (16, 16), (8, 8), (4, 4)),
+                                   ((7, 5), (7, 5), (3, 2), (2, 1)), ((9, 9), (5, 5), (3, 3), (1, 1))],
+                         ids=["odd", "2x", "same_size", "one_by_one"])
+def test_lateral_summed_into_the_upsampled_top_is_eager_bit_for_bit(sizes, values, monkeypatch):
+    """channels_last CPU float32 inference: each lateral 1x1 conv adds its output into the
+    upsampled top (no separate upsample_add pass), and every output bit (signed zeros, inf, NaN
+    included) is torchvision's; the top it reads is left as it was."""
+    import fpnops.nn.fpn as fpn_module
+    torch.manual_seed(0)
+    ref = FeaturePyramidNetwork(CHANNELS, 8, extra_blocks=LastLevelMaxPool()).eval()
+    with torch.no_grad():
+        for b in ref.inner_blocks:  # biases of both signs, a -0.0 among them
+            b[0].bias.copy_(torch.randn(8))
+            b[0].bias[0] = -0.0
+    fused = fpnops.FusedFPN.from_module(ref, copy=True)
+    x = features(layout=torch.channels_last, sizes=sizes)
+    if values == "nan_inf_zeros":
+        for i, t in enumerate(x.values()):
+            t[:, :, :2] = 0.0  # exact zeros: the conv gives +-0 plus the bias
+            flat = t.permute(0, 2, 3, 1).view(-1)  # channels_last: dense in this order
+            flat[i::7] = float("nan")
+            flat[i + 3::11] = float("inf")
+    calls = []
+    top_down = fpn_module._top_down
+    monkeypatch.setattr(fpn_module, "_top_down", lambda *a, **k: calls.append(1) or top_down(*a, **k))
+    before = {k: v.clone() for k, v in x.items()}
+    with torch.no_grad():
+        out, expect = fused(x), ref(x)
+    # every top-down step summed into the upsampled top, but from a 1x1 map: eager's conv runs
+    # that in NCHW (not packed), and an NCHW top upsamples to an NCHW map
+    assert len(calls) == (1 if sizes[-1] == (1, 1) else 0)
+    assert list(out) == list(expect)
+    for k in out:
+        assert out[k].stride() == expect[k].stride()
+        assert torch.equal(_bits(out[k]), _bits(expect[k])), k
+    for k in x:
+        assert torch.equal(_bits(x[k]), _bits(before[k]))

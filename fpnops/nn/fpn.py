@@ -134,7 +134,23 @@ def _packs(x, conv, backend):
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
             and not torch.jit.is_tracing() and not _exact.global_hooks()
             and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or (
-                conv.bias is not None and conv.bias.requires_grad))))
+                conv.bias is not None and conv.bias.requires_grad)))
+            and _eager_runs_onednn(x, conv))
+
+
+def _eager_runs_onednn(x, conv):
+    """Whether eager's conv2d runs this conv on oneDNN in channels_last, as ATen decides it (its
+    own selectors): for small maps it may take another path (its slow 2-D conv for a 1x1 conv,
+    say), and a 1x1 map, channels_last and contiguous at once, it runs in NCHW: either way its
+    sums are ordered otherwise, and the bits would differ."""
+    padding = _exact.conv_padding(conv)
+    if padding is None:
+        return False
+    backend = torch._C._select_conv_backend(
+        x, conv.weight, conv.bias, list(conv.stride), list(padding), list(conv.dilation), False,
+        [0, 0], conv.groups, None)
+    return (backend == torch._C._ConvBackend.Mkldnn and torch._C._conv_determine_backend_memory_format(
+        x, conv.weight, backend) == torch.channels_last)
 
 
 class FusedFPN(CacheOwner, nn.Module):
@@ -252,13 +268,14 @@ class FusedFPN(CacheOwner, nn.Module):
         return out
 
     @torch.jit.unused
-    def _run_block(self, block: nn.Module, name: str, x: Tensor) -> Tensor:
-        """block(x); a plain conv block on CPU float32 inference input runs on a weight oneDNN
-        reordered once per input shape and kept in the module's cache (as the fused ResNet
-        blocks do; Inductor's freezing does the same), bit for bit the conv eager runs."""
+    def _packed(self, block: nn.Module, name: str, x: Tensor):
+        """(conv, its weight oneDNN reordered for x's shape, (padding, stride, dilation, groups))
+        where block is a plain conv whose input x runs on a packed weight (see _packs), kept in
+        the module's cache (as the fused ResNet blocks do; Inductor's freezing does the same);
+        else None."""
         conv = _plain_conv(block)
         if conv is None or not _packs(x, conv, self.backend):
-            return block(x)
+            return None
         cache = self._fpnops_cache
         p = cache.plain(name, conv)
         stride, padding, dilation, groups = p.args
@@ -266,8 +283,46 @@ class FusedFPN(CacheOwner, nn.Module):
         (packed,) = cache.packed(name, shape, (p,), lambda: (
             torch.ops.mkldnn._reorder_convolution_weight(conv.weight, list(padding), list(stride),
                                                          list(dilation), groups, list(shape)),))
+        return conv, packed, (list(padding), list(stride), list(dilation), groups)
+
+    @torch.jit.unused
+    def _run_block(self, block: nn.Module, name: str, x: Tensor) -> Tensor:
+        """block(x): on a packed weight where _packed says so, bit for bit the conv eager runs."""
+        packed = self._packed(block, name, x)
+        if packed is None:
+            return block(x)
+        conv, weight, (padding, stride, dilation, groups) = packed
         return torch.ops.mkldnn._convolution_pointwise(
-            x, packed, conv.bias, list(padding), list(stride), list(dilation), groups, "none", [],
+            x, weight, conv.bias, padding, stride, dilation, groups, "none", [], None)
+
+    @torch.jit.unused
+    def _lateral_into_top(self, top: Tensor, x: Tensor, idx: int) -> Optional[Tensor]:
+        """inner_blocks[idx](x) + nearest-upsampled top, the way Inductor's frozen graph computes
+        it: eager's own interpolate upsamples top into a new map and the lateral 1x1 conv adds
+        its output into that map (oneDNN's sum post-op), so the add needs no pass of its own
+        over the finest map: no lateral written, read back and written again. Bit for bit
+        eager's `lateral + interpolate(top)`: the same float32 add of the same two values.
+        None where the lateral conv is not a packed 1x1 conv (see _packed) or top is not a
+        channels_last float32 map of the same batch and channels: the caller then runs the
+        block and upsample_add."""
+        if idx < 0:
+            return None
+        packed = self._packed(self.inner_blocks[idx], f"inner_blocks.{idx}", x)
+        if packed is None:
+            return None
+        conv, weight, (padding, stride, dilation, groups) = packed
+        if (conv.kernel_size != (1, 1) or stride != [1, 1] or padding != [0, 0]
+                or top.dtype != torch.float32 or top.device.type != "cpu" or top.dim() != 4
+                or top.shape[:2] != (x.shape[0], conv.out_channels)
+                or not top.is_contiguous(memory_format=torch.channels_last)
+                or (top.requires_grad and torch.is_grad_enabled())):
+            return None
+        up = F.interpolate(top, size=x.shape[-2:], mode="nearest")
+        if (not up.is_contiguous(memory_format=torch.channels_last)
+                or up.untyped_storage().data_ptr() == top.untyped_storage().data_ptr()):
+            return None  # never written into: not a fresh map of its own
+        return torch.ops.mkldnn._convolution_pointwise_.binary(
+            up, x, weight, conv.bias, padding, stride, dilation, groups, "add", None, None, [],
             None)
 
     def forward(self, x: Dict[str, Tensor]) -> Dict[str, Tensor]:
@@ -283,7 +338,12 @@ class FusedFPN(CacheOwner, nn.Module):
         results: List[Tensor] = [self._layer(last_inner, _block_index(n - 1, n, blocks))]
         for level in range(n - 2, -1, -1):
             idx = _block_index(level, n, blocks)
-            last_inner = _top_down(last_inner, self._inner(feats[level], idx), self.backend)
+            merged: Optional[Tensor] = None
+            if not torch.jit.is_scripting():
+                merged = self._lateral_into_top(last_inner, feats[level], idx)
+            if merged is None:
+                merged = _top_down(last_inner, self._inner(feats[level], idx), self.backend)
+            last_inner = merged
             results.insert(0, self._layer(last_inner, idx))
         if self.extra_blocks is not None:
             results, names = self.extra_blocks(results, feats, names)
