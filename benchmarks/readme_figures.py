@@ -155,6 +155,14 @@ def run_to_run(d, case_prefix):
     return f"{len(f)} runs: " + ", ".join(vs.values())
 
 
+def runs_block(d, name):
+    """fpnops' run-to-run ratios for both backbones in the 'after' runs of a compare_builds file."""
+    r50, fpn = run_to_run(d, "resnet50 "), run_to_run(d, "resnet50_fpn ")
+    head, _, r50 = r50.partition(": ")
+    return (f"{head}: ResNet50 {r50}; ResNet50-FPN {fpn.partition(': ')[2]} (`{name}`, the 'after' "
+            f"tree, the current code: `{d['command']}`)")
+
+
 def summary(data):
     c = rows_by_case(data)
     pick = {k.split(" ")[0] if not k.startswith("FPN") else "fpn_fwd": v for k, v in c.items()
@@ -279,8 +287,8 @@ def figures(load=load):
         "bench-cpu-setup": setup_block(cpu),
         "bench-cpu-summary": summary(cpu),
         "bench-cpu-spread": max_spread(cpu),
-        "bench-cpu-runs": (run_to_run(load("issue9-before-after-cpu-2core.json"), "resnet50_fpn ")
-                           + " for ResNet50-FPN (`issue9-before-after-cpu-2core.json`, the issue 9 code)"),
+        "bench-cpu-runs": runs_block(load("issue11-fpn-before-after-cpu-2core.json"),
+                                     "issue11-fpn-before-after-cpu-2core.json"),
         "bench-cpu-bf16": bf16(load("cpu-2core-bf16.json")),
         "resnet-rel-err": f"{rn50['fpnops']['rel_err']:.1e}",
         "demo": demo(load("demo-cpu-2core/demo.json"), "demo-cpu-2core"),
