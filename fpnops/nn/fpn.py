@@ -153,6 +153,13 @@ def _eager_runs_onednn(x, conv):
         x, conv.weight, backend) == torch.channels_last)
 
 
+def _packed_conv(x, conv, weight, args):
+    """conv(x) on its packed weight (FusedFPN._packed's conv, weight and args)."""
+    padding, stride, dilation, groups = args
+    return torch.ops.mkldnn._convolution_pointwise(
+        x, weight, conv.bias, padding, stride, dilation, groups, "none", [], None)
+
+
 class FusedFPN(CacheOwner, nn.Module):
     """Drop-in for torchvision.ops.FeaturePyramidNetwork.
 
@@ -289,41 +296,38 @@ class FusedFPN(CacheOwner, nn.Module):
     def _run_block(self, block: nn.Module, name: str, x: Tensor) -> Tensor:
         """block(x): on a packed weight where _packed says so, bit for bit the conv eager runs."""
         packed = self._packed(block, name, x)
-        if packed is None:
-            return block(x)
-        conv, weight, (padding, stride, dilation, groups) = packed
-        return torch.ops.mkldnn._convolution_pointwise(
-            x, weight, conv.bias, padding, stride, dilation, groups, "none", [], None)
+        return block(x) if packed is None else _packed_conv(x, *packed)
 
     @torch.jit.unused
-    def _lateral_into_top(self, top: Tensor, x: Tensor, idx: int) -> Optional[Tensor]:
-        """inner_blocks[idx](x) + nearest-upsampled top, the way Inductor's frozen graph computes
-        it: eager's own interpolate upsamples top into a new map and the lateral 1x1 conv adds
-        its output into that map (oneDNN's sum post-op), so the add needs no pass of its own
-        over the finest map: no lateral written, read back and written again. Bit for bit
-        eager's `lateral + interpolate(top)`: the same float32 add of the same two values.
-        None where the lateral conv is not a packed 1x1 conv (see _packed) or top is not a
-        channels_last float32 map of the same batch and channels: the caller then runs the
-        block and upsample_add."""
+    def _top_down_step(self, top: Tensor, x: Tensor, idx: int) -> Tensor:
+        """The next finer level's merged map: inner_blocks[idx](x) (x itself for idx -1) plus
+        the nearest-upsampled top, as _top_down computes it. Where the lateral is a packed 1x1
+        conv and top a channels_last float32 map of the same batch and channels, computed the
+        way Inductor's frozen graph does it: eager's own interpolate upsamples top into a new
+        map and the lateral conv adds its output into that map (oneDNN's sum post-op), so the
+        add needs no pass of its own over the finest map: no lateral written, read back and
+        written again. Bit for bit eager's `lateral + interpolate(top)`: the same float32 add
+        of the same two values."""
         if idx < 0:
-            return None
-        packed = self._packed(self.inner_blocks[idx], f"inner_blocks.{idx}", x)
+            return _top_down(top, x, self.backend)
+        block = self.inner_blocks[idx]
+        packed = self._packed(block, f"inner_blocks.{idx}", x)
         if packed is None:
-            return None
+            return _top_down(top, block(x), self.backend)
         conv, weight, (padding, stride, dilation, groups) = packed
-        if (conv.kernel_size != (1, 1) or stride != [1, 1] or padding != [0, 0]
-                or top.dtype != torch.float32 or top.device.type != "cpu" or top.dim() != 4
-                or top.shape[:2] != (x.shape[0], conv.out_channels)
-                or not top.is_contiguous(memory_format=torch.channels_last)
-                or (top.requires_grad and torch.is_grad_enabled())):
-            return None
-        up = F.interpolate(top, size=x.shape[-2:], mode="nearest")
-        if (not up.is_contiguous(memory_format=torch.channels_last)
-                or up.untyped_storage().data_ptr() == top.untyped_storage().data_ptr()):
-            return None  # never written into: not a fresh map of its own
-        return torch.ops.mkldnn._convolution_pointwise_.binary(
-            up, x, weight, conv.bias, padding, stride, dilation, groups, "add", None, None, [],
-            None)
+        if (conv.kernel_size == (1, 1) and stride == [1, 1] and padding == [0, 0]
+                and top.dtype == torch.float32 and top.device.type == "cpu" and top.dim() == 4
+                and top.shape[:2] == (x.shape[0], conv.out_channels)
+                and top.is_contiguous(memory_format=torch.channels_last)
+                and not (top.requires_grad and torch.is_grad_enabled())):
+            up = F.interpolate(top, size=x.shape[-2:], mode="nearest")
+            # written into only where it is a fresh channels_last map of its own
+            if (up.is_contiguous(memory_format=torch.channels_last)
+                    and up.untyped_storage().data_ptr() != top.untyped_storage().data_ptr()):
+                return torch.ops.mkldnn._convolution_pointwise_.binary(
+                    up, x, weight, conv.bias, padding, stride, dilation, groups, "add", None,
+                    None, [], None)
+        return _top_down(top, _packed_conv(x, *packed), self.backend)
 
     def forward(self, x: Dict[str, Tensor]) -> Dict[str, Tensor]:
         if not torch.jit.is_scripting():  # TorchScript types x itself
@@ -338,12 +342,10 @@ class FusedFPN(CacheOwner, nn.Module):
         results: List[Tensor] = [self._layer(last_inner, _block_index(n - 1, n, blocks))]
         for level in range(n - 2, -1, -1):
             idx = _block_index(level, n, blocks)
-            merged: Optional[Tensor] = None
-            if not torch.jit.is_scripting():
-                merged = self._lateral_into_top(last_inner, feats[level], idx)
-            if merged is None:
-                merged = _top_down(last_inner, self._inner(feats[level], idx), self.backend)
-            last_inner = merged
+            if torch.jit.is_scripting():
+                last_inner = _top_down(last_inner, self._inner(feats[level], idx), self.backend)
+            else:
+                last_inner = self._top_down_step(last_inner, feats[level], idx)
             results.insert(0, self._layer(last_inner, idx))
         if self.extra_blocks is not None:
             results, names = self.extra_blocks(results, feats, names)
