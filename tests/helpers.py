@@ -121,3 +121,29 @@ def assert_bad_inputs(cases, setup="import torch, fpnops", timeout=300):
     """run_bad_inputs, failing with every case that did not raise its expected, named error."""
     failures = run_bad_inputs(cases, setup, timeout)
     assert not failures, "\n".join(f"{k}: {v}" for k, v in failures.items())
+
+
+def run_threads(work, n, switch_interval=1e-6):
+    """work(k) for k in range(n), in n threads at once, with a tiny switch interval so that they
+    interleave inside what they share. Returns the repr of every exception a thread raised."""
+    import sys
+    import threading
+    errors = []
+
+    def run(k):
+        try:
+            work(k)
+        except Exception as e:  # noqa: BLE001 - returned to the test, which asserts on it
+            errors.append(repr(e))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(switch_interval)
+    try:
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    return errors

@@ -6,14 +6,13 @@ import copy
 import io
 import itertools
 import pickle
-import sys
-import threading
 
 import pytest
 import torch
 import torch.nn as nn
 import torchvision
 from fused_models import basic_block, bottleneck, randomize_bn, same_state
+from helpers import run_threads
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -258,29 +257,17 @@ def test_threads_share_one_block():
     xs = [torch.randn(1, 4, 3 + i, 3 + i % 5) for i in range(12)]
     with torch.no_grad():
         expected = [fused(x) for x in xs]
-    errors, mismatches = [], []
+    mismatches = []
 
     def work(k):
-        try:
-            for i in range(25 * len(xs)):
-                j = (i + k) % len(xs)
-                with torch.no_grad():
-                    y = fused(xs[j])
-                if not torch.equal(y, expected[j]):
-                    mismatches.append(j)
-        except Exception as e:  # noqa: BLE001  (reported below)
-            errors.append(repr(e))
+        for i in range(25 * len(xs)):
+            j = (i + k) % len(xs)
+            with torch.no_grad():
+                y = fused(xs[j])
+            if not torch.equal(y, expected[j]):
+                mismatches.append(j)
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(interval)
+    errors = run_threads(work, 8)
     assert not errors, errors[:3]
     assert not mismatches
     lru = fused._fpnops_cache._packed["conv1"]

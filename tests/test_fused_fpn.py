@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torchvision
-from helpers import backends_for
+from helpers import backends_for, run_threads
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
@@ -378,8 +378,6 @@ def test_packed_convs_after_copies(how):
 def test_packed_convs_from_threads():
     """Threads calling one FusedFPN at once with different input shapes (each its own packed
     weights, the cache's LRU changed under its lock) all get eager's bits."""
-    import sys
-    import threading
     torch.manual_seed(0)
     ref = FeaturePyramidNetwork(CHANNELS, 8, extra_blocks=LastLevelMaxPool()).eval()
     fused = fpnops.FusedFPN.from_module(ref, copy=True)
@@ -388,28 +386,17 @@ def test_packed_convs_from_threads():
     inputs = [features(layout=torch.channels_last, sizes=s) for s in sizes]
     with torch.no_grad():
         expected = [ref(x) for x in inputs]
-    errors, mismatches = [], []
+    mismatches = []
 
     def work(i):
-        try:
-            for r in range(6):
-                k = (i + r) % len(inputs)
-                with torch.no_grad():
-                    out = fused(inputs[k])
-                if not all(torch.equal(out[n], expected[k][n]) for n in out):
-                    mismatches.append((i, r))
-        except Exception as e:  # noqa: BLE001 - reported by the assert below
-            errors.append(repr(e))
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
-    try:
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(interval)
+        for r in range(6):
+            k = (i + r) % len(inputs)
+            with torch.no_grad():
+                out = fused(inputs[k])
+            if not all(torch.equal(out[n], expected[k][n]) for n in out):
+                mismatches.append((i, r))
+
+    errors = run_threads(work, 4, switch_interval=1e-5)
     assert not errors, errors[:3]
     assert not mismatches
     assert 0 < _packed_entries(fused) <= 2 * len(CHANNELS) * len(sizes)
