@@ -34,6 +34,12 @@ TORCH_LIBRARY(fpnops, m) {
   // infinite; 0 when empty). CPU only: the fused convolutions' test that no NaN can reach a
   // oneDNN ReLU post-op (which maps NaN to 0).
   m.def("max_abs(Tensor x) -> float");
+  // CPU float32 inference only: relu?(conv2d(x, w, bias, stride=1, padding=1) + residual) for a
+  // 3x3 w, as Winograd's F(4x4, 3x3) (csrc/cpu/winograd.cpp): `weight` is w transformed,
+  // (36, C, K), by fpnops/ops/winograd.py's winograd_weight. Output channels_last. Rounds
+  // differently from the direct convolution; NOT for inputs with NaN or inf (the transforms
+  // mix neighbouring pixels: an inf makes NaNs around it). No autograd, no fake kernel.
+  m.def("conv3x3_winograd(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, bool relu) -> Tensor");
 }
 
 // The module exists to load the registrations above; it also records how it was built so

@@ -75,12 +75,16 @@ def assert_same_nonfinite(out, ref):
 
 
 def count_fused_convs(monkeypatch):
-    """A list that gets one entry per conv the CPU float32 fused path runs: the prepacked op,
-    or a last conv summed into its residual in place (fpnops/nn/resnet.py: _sum_into)."""
+    """A list that gets one entry per conv the CPU float32 fused path runs: the prepacked op
+    (1), a last conv summed into its residual in place (fpnops/nn/resnet.py: _sum_into; 1), or a
+    3x3 conv as Winograd's ("winograd")."""
     from fpnops.nn import resnet
     calls = []
     real, real_sum = torch.ops.fpnops.conv_bn_act_cpu_prepacked, resnet._sum_into
+    real_wino = torch.ops.fpnops.conv3x3_winograd
     monkeypatch.setattr(torch.ops.fpnops, "conv_bn_act_cpu_prepacked",
                         lambda *args: calls.append(1) or real(*args))
+    monkeypatch.setattr(torch.ops.fpnops, "conv3x3_winograd",
+                        lambda *args: calls.append("winograd") or real_wino(*args))
     monkeypatch.setattr(resnet, "_sum_into", lambda *args: calls.append(1) or real_sum(*args))
     return calls

@@ -34,5 +34,6 @@
 #include "conv_bn_act_kernel.h"
 #include "max_abs_kernel.h"
 #include "upsample_add_kernel.h"
+#include "winograd_kernel.h"
 #pragma GCC pop_options
 #endif

@@ -19,6 +19,7 @@ from fpnops import _backend
 from fpnops.nn import _exact
 from fpnops.nn._cache import SAFE_BOUND, CacheOwner, _FoldedWeights, _Pair, refresh, sources  # noqa: F401
 from fpnops.ops.conv_bn_act import check_inputs, conv_bn_act, output_shape
+from fpnops.ops import winograd
 from fpnops.ops.fold import fold_conv_bn
 from fpnops.reference import resnet as _reference
 
@@ -98,9 +99,20 @@ def _checked(who, x, pair, folded, residual):
 
 
 def _reorder(pair, folded, shape):
+    """The weight as the conv at input `shape` runs it: Winograd's transform where
+    conv3x3_winograd applies (fpnops/ops/winograd.py), else oneDNN's reorder."""
+    if winograd.applies(shape, folded.weight, pair.args):
+        return winograd.winograd_weight(folded.weight)
     stride, padding, dilation, groups = pair.args
     return torch.ops.mkldnn._reorder_convolution_weight(
         folded.weight, list(padding), list(stride), list(dilation), groups, list(shape))
+
+
+def _run_packed(x, packed, bias, args, residual, relu):
+    """One conv of the packed chain on its packed weight (see _reorder)."""
+    if not packed.is_mkldnn:
+        return torch.ops.fpnops.conv3x3_winograd(x, packed, bias, residual, relu)
+    return torch.ops.fpnops.conv_bn_act_cpu_prepacked(x, packed, bias, *args, residual, relu)
 
 
 def _op(who, x, weight, bias, args, residual, relu, backend):
@@ -186,21 +198,20 @@ def _packed_chain(who, x, steps, residual, folds, cache, bound=None, owned=False
             return None
     shape = tuple(x.shape)
     packs = cache.packed(steps[0][0], shape, folds, lambda: _pack(who, shape, steps, folds, residual))
-    prepacked = torch.ops.fpnops.conv_bn_act_cpu_prepacked
     res = x if isinstance(residual, str) else None
     into = None  # the residual the last conv sums into in place (oneDNN's sum post-op)
     if owned and res is not None and res.is_contiguous(memory_format=torch.channels_last):
         into = res
     y = x
     for i, (_, pair, relu) in enumerate(steps[:-1]):
-        y = prepacked(y, packs[i], folds[i].bias, *pair.args, None, relu)
+        y = _run_packed(y, packs[i], folds[i].bias, pair.args, None, relu)
     if isinstance(residual, tuple):  # the downsample now: conv1 read x while it was cached
-        res = into = prepacked(x, packs[-1], folds[-1].bias, *residual[1].args, None, False)
+        res = into = _run_packed(x, packs[-1], folds[-1].bias, residual[1].args, None, False)
     last = len(steps) - 1
     _, pair, relu = steps[last]
-    if into is not None:
+    if into is not None and packs[last].is_mkldnn:
         return _sum_into(into, y, packs[last], folds[last].bias, pair.args, relu), out_bound
-    return prepacked(y, packs[last], folds[last].bias, *pair.args, res, relu), out_bound
+    return _run_packed(y, packs[last], folds[last].bias, pair.args, res, relu), out_bound
 
 
 def _sum_into(into, x, packed, bias, args, relu):

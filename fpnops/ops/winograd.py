@@ -1,0 +1,52 @@
+"""3x3 convolutions as Winograd's F(4x4, 3x3) on the CPU (fpnops::conv3x3_winograd,
+csrc/cpu/winograd.cpp): the fused modules' CPU float32 inference path runs the 3x3 convs of
+ResNet's wider layers this way, where it is faster than oneDNN's direct convolution (which has no
+Winograd of its own on AVX2 CPUs). It rounds differently from a direct convolution: its relative
+error against a float64 reference is a few times a direct float32 conv's (about 1e-6 against
+3e-7 per conv), within the fused modules' tolerance (shared/DESIGN.md: far under 1e-4 for a
+whole ResNet50).
+
+Only for inputs with a proven finite bound: the transforms mix neighbouring pixels, so an inf
+would make NaNs around it, and they grow values by at most 36100x (|U| <= 100 max|x|, |V| <=
+max|w| per 3x3 kernel, A^T's row sums 19 at most): a bound below fpnops' SAFE_BOUND (1e30) on the
+direct convolution keeps every Winograd intermediate far below float32's overflow.
+"""
+import torch
+
+# G of F(4x4, 3x3) with the points 0, +-1, +-2 and infinity: V = G g G^T, 6x6 per 3x3 kernel.
+_G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6), (1 / 24, 1 / 12, 1 / 6),
+      (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
+
+# Where it was measured to beat oneDNN's direct convolution (benchmarks/winograd.py, 2-core AVX2
+# machine: 1.7-2.5x on every ResNet 3x3 shape, 64 to 512 channels): both channel counts at
+# least this (fewer: not measured, so not taken), and a map of at least 8x8 (the tiles are 4x4;
+# partial tiles at the edges waste work).
+MIN_CHANNELS = 64
+MIN_SIDE = 8
+
+
+def applies(x_shape, weight, args):
+    """Whether the fused modules run this conv (weight (K, C, kh, kw), args (stride, padding,
+    dilation, groups)) on an input of x_shape as conv3x3_winograd."""
+    stride, padding, dilation, groups = args
+    k, c, kh, kw = weight.shape
+    return ((kh, kw) == (3, 3) and tuple(stride) == (1, 1) and tuple(padding) == (1, 1)
+            and tuple(dilation) == (1, 1) and groups == 1 and c >= MIN_CHANNELS
+            and k >= MIN_CHANNELS and min(x_shape[2], x_shape[3]) >= MIN_SIDE
+            and weight.dtype == torch.float32 and weight.device.type == "cpu")
+
+
+def winograd_weight(weight):
+    """(K, C, 3, 3) -> the (36, C, K) float32 weight conv3x3_winograd takes, transformed in
+    float64 (one rounding per value)."""
+    if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3):
+        raise ValueError(f"winograd_weight: weight must be (K, C, 3, 3), got {tuple(weight.shape)}")
+    g = torch.tensor(_G, dtype=torch.float64, device=weight.device)
+    v = torch.einsum("ia,kcab,jb->ijck", g, weight.detach().double(), g)
+    return v.reshape(36, weight.shape[1], weight.shape[0]).float().contiguous()
+
+
+def conv3x3_winograd(x, weight, bias=None, residual=None, relu=False):
+    """relu?(conv2d(x, w, bias, padding=1) + residual) with weight = winograd_weight(w); output
+    channels_last. x must hold no NaN or inf (see above)."""
+    return torch.ops.fpnops.conv3x3_winograd(x, weight, bias, residual, relu)

@@ -1,0 +1,245 @@
+"""conv3x3_winograd (Winograd F(4x4, 3x3), csrc/cpu/winograd.cpp, fpnops/ops/winograd.py): the op
+against a float64 convolution on random inputs (odd sizes, partial tiles, every layout, bias,
+residual, ReLU), a seeded fuzz, the generic (non-AVX2) kernels, bad input, the rule that picks
+it, and the fused ResNets that run it (which convs, the whole-network error, weight updates)."""
+import copy
+import os
+import pathlib
+import random
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from fused_models import count_fused_convs, randomize_bn, rel_err
+from helpers import LAYOUTS, assert_bad_inputs, make
+
+import fpnops
+from fpnops.nn import FusedBasicBlock, FusedBottleneck
+from fpnops.ops import winograd
+from fpnops.ops.winograd import conv3x3_winograd, winograd_weight
+
+# Winograd's error bound per output, in units of conv(|x|, |w|) (the scale of every product it
+# sums): float32's 6e-8 times the transforms' growth. Measured worst cases sit near 1e-6.
+ELEMENT_TOL = 2e-5
+# And over a whole output (norm-wise), against ~1e-6 measured: a direct float32 conv gets ~3e-7.
+NORM_TOL = 1e-5
+
+
+def check_case(n, c, k, h, w, layout, bias, residual, relu, seed=0):
+    """One call against float64; returns the norm-wise error."""
+    g = torch.Generator().manual_seed(seed)
+    x = make((n, c, h, w), torch.float32, "cpu", layout)
+    x.copy_(torch.randn(x.shape, generator=g))
+    wt = torch.randn(k, c, 3, 3, generator=g) / (3 * c ** 0.5)
+    b = torch.randn(k, generator=g) if bias else None
+    r = make((n, k, h, w), torch.float32, "cpu", layout) if residual else None
+    if r is not None:
+        r.copy_(torch.randn(r.shape, generator=g))
+    out = conv3x3_winograd(x, winograd_weight(wt), b, r, relu)
+    ref = F.conv2d(x.double(), wt.double(), None if b is None else b.double(), padding=1)
+    scale = F.conv2d(x.double().abs(), wt.double().abs(), None if b is None else b.double().abs(),
+                     padding=1)
+    if r is not None:
+        ref, scale = ref + r.double(), scale + r.double().abs()
+    if relu:
+        ref = ref.clamp_min(0)
+    assert out.shape == (n, k, h, w) and out.dtype == torch.float32
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    err = (out.double() - ref).abs()
+    assert (err <= ELEMENT_TOL * scale + 1e-30).all(), (err / scale).max().item()
+    if relu:
+        assert (out >= 0).all()
+    norm_err = (err.norm() / ref.norm()).item() if ref.norm() > 0 else err.norm().item()
+    assert norm_err < NORM_TOL, norm_err
+    return norm_err
+
+
+# (N, C, K, H, W): partial tiles at both edges, maps smaller than a tile, one pixel, channel
+# counts on both sides of the 8-lane vectors, and ResNet-sized ones.
+SHAPES = [(1, 5, 7, 9, 13), (2, 16, 24, 8, 8), (3, 9, 17, 1, 1), (1, 3, 1, 2, 3), (2, 8, 8, 4, 4),
+          (1, 1, 33, 7, 5), (1, 33, 9, 6, 11), (2, 128, 128, 10, 7), (1, 256, 64, 12, 16)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_matches_float64_conv(shape, layout):
+    for bias, residual, relu in [(True, True, True), (False, False, False), (True, False, True),
+                                 (False, True, False)]:
+        check_case(*shape, layout, bias, residual, relu)
+
+
+def test_empty_and_zero_channel_inputs():
+    wt = torch.randn(4, 3, 3, 3)
+    assert conv3x3_winograd(torch.randn(0, 3, 5, 5), winograd_weight(wt)).shape == (0, 4, 5, 5)
+    assert conv3x3_winograd(torch.randn(2, 3, 0, 5), winograd_weight(wt)).shape == (2, 4, 0, 5)
+    b = torch.randn(4)
+    out = conv3x3_winograd(torch.randn(2, 0, 5, 6), winograd_weight(torch.randn(4, 0, 3, 3)), b)
+    assert torch.equal(out, b.view(1, 4, 1, 1).expand(2, 4, 5, 6))  # no input: the bias alone
+
+
+def run_fuzz(seed, cases):
+    rng = random.Random(seed)
+    worst = 0.0
+    for i in range(cases):
+        shape = (rng.randint(1, 3), rng.randint(1, 40), rng.randint(1, 40), rng.randint(1, 19),
+                 rng.randint(1, 19))
+        worst = max(worst, check_case(*shape, rng.choice(LAYOUTS), rng.random() < 0.7,
+                                      rng.random() < 0.5, rng.random() < 0.5, seed=seed * 100000 + i))
+    return worst
+
+
+def test_fuzz_against_float64():
+    assert run_fuzz(1, 1000) > 0  # and every case within the tolerances (check_case)
+
+
+def test_generic_kernels(tmp_path):
+    """The generic (non-AVX2) copies of the transforms, in a child with ATEN_CPU_CAPABILITY=default."""
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})
+        import torch
+        from test_winograd import run_fuzz
+        assert torch.backends.cpu.get_cpu_capability() == "DEFAULT"
+        run_fuzz(2, 200)
+        print("generic ok")
+    """)
+    root = str(pathlib.Path(fpnops.__file__).resolve().parents[1])
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default",
+           "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       cwd=tmp_path)
+    assert r.returncode == 0 and "generic ok" in r.stdout, r.stderr[-3000:]
+
+
+def test_residual_may_be_read_from_any_layout_and_is_left_alone():
+    x, wt = torch.randn(2, 8, 9, 10), torch.randn(6, 8, 3, 3)
+    r = torch.randn(2, 6, 9, 10)
+    r0 = r.clone()
+    a = conv3x3_winograd(x, winograd_weight(wt), None, r, False)
+    b = conv3x3_winograd(x, winograd_weight(wt), None, r.contiguous(memory_format=torch.channels_last), False)
+    assert torch.equal(a, b) and torch.equal(r, r0)
+
+
+SETUP = """
+import torch
+from fpnops.ops.winograd import winograd_weight
+X, WT = torch.randn(2, 8, 9, 9), torch.randn(4, 8, 3, 3)
+V, B, R = winograd_weight(WT), torch.randn(4), torch.randn(2, 4, 9, 9)
+op = torch.ops.fpnops.conv3x3_winograd
+"""
+
+BAD = [
+    ("x 3-D", "op(X[0], V, B, None, True)", "RuntimeError",
+     r"^conv3x3_winograd: x must be a 4-D strided float32 CPU tensor, got 3-D Float"),
+    ("x float64", "op(X.double(), V, B, None, True)", "RuntimeError", r"x must be .* got 4-D Double"),
+    ("x sparse", "op(X.to_sparse(), V, B, None, True)", "RuntimeError", r"x must be .*Sparse"),
+    ("x mkldnn", "op(X.to_mkldnn(), V, B, None, True)", "RuntimeError", r"x must be .*Mkldnn"),
+    ("weight dense 4-D", "op(X, WT, B, None, True)", "RuntimeError",
+     r"weight must be a \(36, C, K\) float32 CPU tensor \(winograd_weight's\), got \[4, 8, 3, 3\]"),
+    ("weight 16 positions", "op(X, V[:16], B, None, True)", "RuntimeError", r"got \[16, 8, 4\]"),
+    ("weight float64", "op(X, V.double(), B, None, True)", "RuntimeError", r"weight must be .* Double"),
+    ("weight sparse", "op(X, V.to_sparse(), B, None, True)", "RuntimeError", r"weight must be .*Sparse"),
+    ("channels", "op(X[:, :6], V, B, None, True)", "RuntimeError",
+     r"x has 6 channels, weight expects 8"),
+    ("bias shape", "op(X, V, torch.randn(5), None, True)", "RuntimeError",
+     r"bias must be a strided float32 CPU vector of 4 values, got \[5\]"),
+    ("bias 2-D", "op(X, V, B[:, None], None, True)", "RuntimeError", r"bias must be .* got \[4, 1\]"),
+    ("bias float64", "op(X, V, B.double(), None, True)", "RuntimeError", r"bias must be .* Double"),
+    ("bias sparse", "op(X, V, B.to_sparse(), None, True)", "RuntimeError", r"bias must be .*Sparse"),
+    ("residual shape", "op(X, V, B, R[:, :3], True)", "RuntimeError",
+     r"residual must be a strided float32 CPU tensor of shape \[2, 4, 9, 9\], got \[2, 3, 9, 9\]"),
+    ("residual float16", "op(X, V, B, R.half(), True)", "RuntimeError", r"residual must be .* Half"),
+    ("residual sparse", "op(X, V, B, R.to_sparse(), True)", "RuntimeError", r"residual must be .*Sparse"),
+    ("x meta", "op(X.to('meta'), V, B, None, True)", ("NotImplementedError", "RuntimeError"),
+     r"conv3x3_winograd"),
+    ("x list", "op([1.0], V, B, None, True)", "RuntimeError", r"for argument 'x'"),
+    ("winograd_weight 1x1", "winograd_weight(torch.randn(4, 8, 1, 1))", "ValueError",
+     r"^winograd_weight: weight must be \(K, C, 3, 3\), got \(4, 8, 1, 1\)"),
+    ("winograd_weight 3-D", "winograd_weight(torch.randn(4, 3, 3))", "ValueError",
+     r"weight must be \(K, C, 3, 3\), got \(4, 3, 3\)"),
+]
+
+
+def test_bad_inputs():
+    assert_bad_inputs(BAD, SETUP)
+
+
+W128 = torch.empty(128, 128, 3, 3)
+PLAIN = ((1, 1), (1, 1), (1, 1), 1)
+
+
+@pytest.mark.parametrize("weight, shape, args, expected", [
+    (W128, (1, 128, 8, 8), PLAIN, True),
+    (W128, (2, 128, 50, 33), PLAIN, True),
+    (W128, (1, 128, 7, 64), PLAIN, False),  # a side under MIN_SIDE
+    (torch.empty(64, 64, 3, 3), (1, 64, 64, 64), PLAIN, True),
+    (torch.empty(32, 32, 3, 3), (1, 32, 64, 64), PLAIN, False),  # fewer channels: not measured
+    (torch.empty(256, 32, 3, 3), (1, 32, 64, 64), PLAIN, False),
+    (torch.empty(32, 256, 3, 3), (1, 256, 64, 64), PLAIN, False),
+    (W128, (1, 128, 64, 64), ((2, 2), (1, 1), (1, 1), 1), False),  # strided
+    (W128, (1, 128, 64, 64), ((1, 1), (2, 2), (2, 2), 1), False),  # dilated
+    (W128, (1, 128, 64, 64), ((1, 1), (0, 0), (1, 1), 1), False),  # unpadded
+    (torch.empty(128, 64, 3, 3), (1, 128, 64, 64), ((1, 1), (1, 1), (1, 1), 2), False),  # grouped
+    (torch.empty(128, 128, 1, 1), (1, 128, 64, 64), ((1, 1), (0, 0), (1, 1), 1), False),
+    (torch.empty(128, 128, 5, 5), (1, 128, 64, 64), ((1, 1), (2, 2), (1, 1), 1), False),
+    (W128.double(), (1, 128, 64, 64), PLAIN, False),
+])
+def test_applies(weight, shape, args, expected):
+    assert winograd.applies(shape, weight, args) is expected
+
+
+def _winograd_convs(model, size):
+    """How many of the model's convs the rule picks at an input of `size` (hooks on every conv
+    record their input shapes in an eager run)."""
+    shapes = []
+    hooks = [m.register_forward_pre_hook(lambda m, a: shapes.append((m, a[0].shape)))
+             for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        model(torch.randn(1, 3, size, size))  # the shapes do not depend on N
+    for h in hooks:
+        h.remove()
+    return sum(winograd.applies(s, m.weight, (m.stride, m.padding, m.dilation, m.groups))
+               for m, s in shapes)
+
+
+@pytest.mark.parametrize("ctor", [torchvision.models.resnet50, torchvision.models.resnet34])
+def test_fused_resnets_run_winograd_within_tolerance(ctor, monkeypatch):
+    model = randomize_bn(ctor()).eval()
+    expected = _winograd_convs(model, 128)
+    assert expected >= 11  # layer1 (32x32), 2 (16x16) and 3 (8x8); layer4 (4x4) is under MIN_SIDE
+    fused = fpnops.fuse(model)
+    x = torch.randn(1, 3, 128, 128)
+    calls = count_fused_convs(monkeypatch)
+    with torch.no_grad():
+        ref = copy.deepcopy(model).double()(x.double())
+        out = fused(x)
+        out_cl = fused(x.contiguous(memory_format=torch.channels_last))
+    assert calls.count("winograd") == 2 * expected
+    assert len(calls) == 2 * sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    # shared/DESIGN.md: far under 1e-4 in float32 for a whole ResNet
+    assert rel_err(out, ref) < 1e-5 and rel_err(out_cl, ref) < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["bottleneck", "basic"])
+def test_fused_block_follows_weight_updates_and_modes(kind):
+    """The cached Winograd weights refresh as the folded ones do: an in-place weight update,
+    train() and back, under inference_mode."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+    block = Bottleneck(512, 128) if kind == "bottleneck" else BasicBlock(128, 128)
+    block = randomize_bn(block).eval()
+    fused = (FusedBottleneck if kind == "bottleneck" else FusedBasicBlock).from_module(copy.deepcopy(block))
+    x = torch.randn(1, block.conv1.in_channels, 10, 9)
+    for step in range(3):
+        with torch.inference_mode():
+            assert rel_err(fused(x), block.double()(x.double())) < 1e-5
+        block.float()
+        with torch.no_grad():  # the same update on both: fused keeps the original parameters
+            for m in (block, fused):
+                m.conv2.weight.mul_(1.5 if step == 0 else -1.0)
+        if step == 1:
+            fused.train()
+            fused.eval()
