@@ -171,6 +171,8 @@ def _fuse_in_place(module, path, backend, fold_bn, report: List[FuseEntry]):
         why = "fold_bn=False" if pattern.folds_bn and not fold_bn else pattern.why_not(module)
         if why is None:
             new = pattern.convert(module, backend)
+            if isinstance(new, FusedFPN) and fold_bn:
+                new.exact = False  # rounding may change (as folding does): Winograd output convs
             _carry_hooks(module, new)
             module = new
             report.append(FuseEntry(path, original, type(new).__name__, pattern.name))
@@ -209,9 +211,11 @@ def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False,
         model: any nn.Module.
         backend: the fpnops backend the fused modules use ("auto", "native", "triton", "torch").
         inplace: modify `model` itself; by default a deep copy is fused and `model` is untouched.
-        fold_bn: also fuse conv-BatchNorm(-ReLU) (ResNet blocks and stems). Folding changes
-            rounding (a float32 ResNet50 moves ~1e-6 relative); fold_bn=False fuses only the FPN
-            top-down steps, whose outputs are bit-identical to the original model's.
+        fold_bn: also fuse conv-BatchNorm(-ReLU) (ResNet blocks and stems), and let the fused
+            modules round differently: folding, and (CPU float32 inference) Winograd 3x3 convs
+            in the blocks and the FPN's output convs (a float32 ResNet50-FPN moves ~2e-6
+            relative). fold_bn=False fuses only the FPN top-down steps, whose outputs are
+            bit-identical to the original model's.
         verbose: print what was fused and what was left alone, and why.
     """
     if not isinstance(model, nn.Module):

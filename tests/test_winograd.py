@@ -243,3 +243,92 @@ def test_fused_block_follows_weight_updates_and_modes(kind):
         if step == 1:
             fused.train()
             fused.eval()
+
+
+# --- FusedFPN with exact=False (what fpnops.fuse makes with fold_bn=True) -----------------------
+
+def _fpn_and_pyramid(channels=64, sizes=((20, 18), (10, 9), (5, 5)), n=2):
+    """A torchvision FPN (random biases) and a channels_last float32 pyramid for it."""
+    from torchvision.ops import FeaturePyramidNetwork
+    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+    torch.manual_seed(0)
+    fpn = FeaturePyramidNetwork([16, 32, 48], channels, extra_blocks=LastLevelMaxPool()).eval()
+    for m in fpn.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.normal_(m.bias)
+    x = {f"c{i}": torch.randn(n, c, h, w).contiguous(memory_format=torch.channels_last)
+         for i, (c, (h, w)) in enumerate(zip([16, 32, 48], sizes))}
+    return fpn, x
+
+
+def _count_winograd(monkeypatch):
+    calls = []
+    real = torch.ops.fpnops.conv3x3_winograd
+    monkeypatch.setattr(torch.ops.fpnops, "conv3x3_winograd",
+                        lambda *args: calls.append(tuple(args[0].shape)) or real(*args))
+    return calls
+
+
+def test_fpn_exact_false_runs_winograd_output_convs(monkeypatch):
+    fpn, x = _fpn_and_pyramid()
+    approx = fpnops.FusedFPN.from_module(fpn, copy=True, exact=False)
+    exact = fpnops.FusedFPN.from_module(fpn, copy=True)
+    calls = _count_winograd(monkeypatch)
+    with torch.no_grad():
+        ref = copy.deepcopy(fpn).double()({k: v.double() for k, v in x.items()})
+        got, bits = approx(x), exact(x)
+        eager = fpn(x)
+    assert sorted(calls) == [(2, 64, 10, 9), (2, 64, 20, 18)]  # the 5x5 level is under MIN_SIDE
+    for k in eager:
+        assert torch.equal(bits[k], eager[k])  # exact=True (the default): torchvision's bits
+        assert got[k].is_contiguous(memory_format=torch.channels_last)
+        assert rel_err(got[k], ref[k]) < 1e-5
+    assert not torch.equal(got["c0"], eager["c0"])  # it did round differently
+    assert torch.equal(got["c2"], eager["c2"])  # the level it did not touch
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), 3e38])
+def test_fpn_exact_false_runs_the_exact_conv_on_maps_not_proven_finite(value, monkeypatch):
+    """A non-finite value (or one whose conv could overflow) reaching a 3x3 output conv: the
+    exact conv runs, and the outputs are eager's bits, inf and NaN where eager has them."""
+    fpn, x = _fpn_and_pyramid()
+    x["c0"][1, 3, 7, 5] = value
+    approx = fpnops.FusedFPN.from_module(fpn, copy=True, exact=False)
+    calls = _count_winograd(monkeypatch)
+    with torch.no_grad():
+        got, eager = approx(x), fpn(x)
+    assert (2, 64, 20, 18) not in calls  # the finest level's map holds the value
+    assert torch.equal(got["c0"].isnan(), eager["c0"].isnan())
+    assert torch.equal(got["c0"].nan_to_num(), eager["c0"].nan_to_num())
+
+
+def test_fuse_sets_exact_from_fold_bn_and_copies_keep_it():
+    import io
+    import pickle
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    model = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5).eval()
+    fpns = lambda m: [f for f in m.modules() if isinstance(f, fpnops.FusedFPN)]  # noqa: E731
+    (approx,) = fpns(fpnops.fuse(model))
+    (exact,) = fpns(fpnops.fuse(model, fold_bn=False))
+    assert approx.exact is False and exact.exact is True
+    for copied in (copy.deepcopy(approx), pickle.loads(pickle.dumps(approx))):
+        assert copied.exact is False
+    buf = io.BytesIO()
+    torch.save(approx, buf)
+    buf.seek(0)
+    assert torch.load(buf, weights_only=False).exact is False
+    with pytest.raises(TypeError, match="exact must be True or False, got 1"):
+        fpnops.FusedFPN.from_module(approx, exact=1)
+
+
+def test_fpn_winograd_weights_follow_weight_updates():
+    fpn, x = _fpn_and_pyramid()
+    approx = fpnops.FusedFPN.from_module(fpn, copy=True, exact=False)
+    with torch.no_grad():
+        for step in range(3):
+            ref = copy.deepcopy(fpn).double()({k: v.double() for k, v in x.items()})
+            assert rel_err(approx(x)["c0"], ref["c0"]) < 1e-5
+            for m in (fpn, approx):
+                m.layer_blocks[0][0].weight.mul_(-1.5)
+                if step == 1:
+                    m.layer_blocks[0][0].bias.add_(1.0)

@@ -17,7 +17,8 @@ from torch import Tensor
 
 from fpnops import _backend
 from fpnops.nn import _exact
-from fpnops.nn._cache import CacheOwner, _FoldedWeights
+from fpnops.nn._cache import SAFE_BOUND, CacheOwner, _amax, _FoldedWeights, _l1
+from fpnops.ops import winograd
 from fpnops.ops.upsample_add import upsample_add
 from fpnops.ops.upsample_add_checks import check_dense
 from fpnops.reference.fpn import FPN as ReferenceFPN
@@ -173,10 +174,17 @@ class FusedFPN(CacheOwner, nn.Module):
 
     forward(OrderedDict[str, Tensor]) -> OrderedDict[str, Tensor]: the same keys, plus the extra
     blocks' names (e.g. "pool").
+
+    `exact` (True unless from_module(..., exact=False) or fpnops.fuse with fold_bn=True set it):
+    outputs bit-identical to torchvision's. False: CPU float32 inference runs the 3x3 output
+    convs as Winograd F(4x4, 3x3) where fpnops/ops/winograd.py's rule picks it (1.8x on the
+    finest level's conv), rounding as the fused ResNet blocks do (~1e-6 relative), and only on
+    maps proven finite (else the exact conv).
     """
 
     _version = 2
     __constants__ = ["backend"]
+    exact = True
 
     def __init__(self, in_channels_list: List[int], out_channels: int,
                  extra_blocks: Optional[nn.Module] = None,
@@ -201,13 +209,19 @@ class FusedFPN(CacheOwner, nn.Module):
         self._fpnops_cache = _FoldedWeights()
 
     @classmethod
-    def from_module(cls, m: nn.Module, *, backend: str = "auto", copy: bool = False) -> nn.Module:
+    def from_module(cls, m: nn.Module, *, backend: str = "auto", copy: bool = False,
+                    exact: bool = True) -> nn.Module:
         """A fused module computing what `m` computes, sharing its submodules (parameters,
         buffers, hooks) unless copy=True.
 
         m: a torchvision FeaturePyramidNetwork (-> FusedFPN) or an fpnops.reference.FPN
-        (-> FusedReferenceFPN, which keeps its call convention: C2..C5 in, P2..P6 out).
+        (-> FusedReferenceFPN, which keeps its call convention: C2..C5 in, P2..P6 out, and is
+        always exact).
+        exact: bit-identical outputs (True), or Winograd 3x3 output convs where they apply
+        (False; see the class docstring).
         """
+        if not isinstance(exact, bool):
+            raise TypeError(f"FusedFPN.from_module: exact must be True or False, got {exact!r}")
         if copy:
             import copy as _copy
             m = _copy.deepcopy(m)
@@ -224,6 +238,8 @@ class FusedFPN(CacheOwner, nn.Module):
             raise TypeError(f"FusedFPN.from_module: {type(m).__name__} overrides the forward of "
                             f"FeaturePyramidNetwork, which FusedFPN would not compute")
         fused = cls._from_parts(m.inner_blocks, m.layer_blocks, m.extra_blocks, backend)
+        if not exact:
+            fused.exact = False
         return fused.train(m.training)
 
     @classmethod
@@ -296,7 +312,31 @@ class FusedFPN(CacheOwner, nn.Module):
     def _run_block(self, block: nn.Module, name: str, x: Tensor) -> Tensor:
         """block(x): on a packed weight where _packed says so, bit for bit the conv eager runs."""
         packed = self._packed(block, name, x)
-        return block(x) if packed is None else _packed_conv(x, *packed)
+        if packed is None:
+            return block(x)
+        if not self.exact:
+            y = self._winograd(packed, name, x)
+            if y is not None:
+                return y
+        return _packed_conv(x, *packed)
+
+    @torch.jit.unused
+    def _winograd(self, packed, name: str, x: Tensor) -> Optional[Tensor]:
+        """The packed conv as Winograd F(4x4, 3x3) (fpnops/ops/winograd.py) where its rule
+        applies and x is proven finite with no overflow possible (max|x| * the weight's gain
+        + max|bias| under SAFE_BOUND, as the fused blocks prove theirs: an inf would make NaNs
+        around it in the transforms, where eager's conv gives inf); else None."""
+        conv, _, (padding, stride, dilation, groups) = packed
+        if not winograd.applies(x.shape, conv.weight, (stride, padding, dilation, groups)):
+            return None
+        p = self._fpnops_cache.plain(name, conv)
+        weight, gain, offset = self._fpnops_cache.packed(
+            name + ":winograd", tuple(x.shape), (p,), lambda: (
+                winograd.winograd_weight(conv.weight), _l1(conv.weight),
+                0.0 if conv.bias is None else _amax(conv.bias)))
+        if not torch.ops.fpnops.max_abs(x) * gain + offset < SAFE_BOUND:  # NaN: not below
+            return None
+        return torch.ops.fpnops.conv3x3_winograd(x, weight, conv.bias, None, False)
 
     @torch.jit.unused
     def _top_down_step(self, top: Tensor, x: Tensor, idx: int) -> Tensor:
