@@ -177,9 +177,9 @@ class FusedFPN(CacheOwner, nn.Module):
 
     `exact` (True unless from_module(..., exact=False) or fpnops.fuse with fold_bn=True set it):
     outputs bit-identical to torchvision's. False: CPU float32 inference runs the 3x3 output
-    convs as Winograd F(4x4, 3x3) where fpnops/ops/winograd.py's rule picks it (1.8x on the
-    finest level's conv), rounding as the fused ResNet blocks do (~1e-6 relative), and only on
-    maps proven finite (else the exact conv).
+    convs as Winograd F(4x4, 3x3) where fpnops/ops/winograd.py's rule picks it (the finest
+    level's is the largest conv of a ResNet50-FPN), rounding as the fused ResNet blocks do
+    (~1e-6 relative), and only on maps proven finite (else the exact conv).
     """
 
     _version = 2
@@ -310,7 +310,8 @@ class FusedFPN(CacheOwner, nn.Module):
 
     @torch.jit.unused
     def _run_block(self, block: nn.Module, name: str, x: Tensor) -> Tensor:
-        """block(x): on a packed weight where _packed says so, bit for bit the conv eager runs."""
+        """block(x): on a packed weight where _packed says so, bit for bit the conv eager runs;
+        with exact=False, as Winograd where _winograd takes it."""
         packed = self._packed(block, name, x)
         if packed is None:
             return block(x)

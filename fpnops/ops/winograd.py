@@ -17,10 +17,11 @@ import torch
 _G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6), (1 / 24, 1 / 12, 1 / 6),
       (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
 
-# Where it was measured to beat oneDNN's direct convolution (benchmarks/winograd.py, 2-core AVX2
-# machine: 1.7-2.5x on every ResNet 3x3 shape, 64 to 512 channels): both channel counts at
-# least this (fewer: not measured, so not taken), and a map of at least 8x8 (the tiles are 4x4;
-# partial tiles at the edges waste work).
+# Where it was measured to beat oneDNN's direct convolution (benchmarks/winograd.py on the 2-core
+# AVX2 machine, benchmarks/results/winograd-cpu-2core.json: 1.1-2.1x on every ResNet 3x3 shape,
+# 64 to 512 channels, N=1 512 and N=2 800): both channel counts at least this (fewer: not
+# measured, so not taken), and a map of at least 8x8 (the tiles are 4x4; partial tiles at the
+# edges waste work).
 MIN_CHANNELS = 64
 MIN_SIDE = 8
 
