@@ -332,3 +332,25 @@ def test_fpn_winograd_weights_follow_weight_updates():
                 m.layer_blocks[0][0].weight.mul_(-1.5)
                 if step == 1:
                     m.layer_blocks[0][0].bias.add_(1.0)
+
+
+def test_threads_on_one_fused_model_get_the_single_thread_result():
+    """4 threads with 2 input shapes on one fused ResNet (Winograd weights built and cached
+    while the others run): each gets what it gets alone."""
+    from helpers import run_threads
+    model = randomize_bn(torchvision.models.resnet18()).eval()
+    inputs = [torch.randn(1, 3, 64, 64), torch.randn(2, 3, 72, 80)]
+    with torch.no_grad():
+        expected = [fpnops.fuse(model)(x) for x in inputs]
+        fused = fpnops.fuse(model)
+        got = {}
+
+        def work(k):
+            with torch.no_grad():
+                for _ in range(3):
+                    got[k] = fused(inputs[k % 2])
+
+        assert run_threads(work, 4) == []
+    assert _winograd_convs(model, 64) > 0
+    for k, y in got.items():
+        assert torch.equal(y, expected[k % 2]), k
