@@ -1,10 +1,11 @@
 // conv3x3_winograd on the CPU: a 3x3 convolution (stride 1, padding 1, no dilation, no groups)
 // as Winograd's F(4x4, 3x3): 36 multiplications per 16 outputs and input channel where the
-// direct convolution takes 144, for two transforms that are cheap next to the products
-// (at::bmm's: 36 matrix products (tiles x C) @ (C x K)). Used by the fused modules for CPU
-// float32 inference where it is faster than oneDNN's direct convolution, which on CPUs without
-// AVX-512 has no Winograd of its own. It rounds differently from the direct convolution (the
-// transformed values are sums of up to 36 terms), within the fused modules' float32 tolerance.
+// direct convolution takes 144 (at::bmm's: 36 matrix products (tiles x C) @ (C x K)), for two
+// transforms that read and write each value a few times (winograd_kernel.h). Used by the fused
+// modules for CPU float32 inference where it is faster than oneDNN's direct convolution, which
+// on CPUs without AVX-512 has no Winograd of its own. It rounds differently from the direct
+// convolution (the transformed values are sums of up to 36 terms), within the fused modules'
+// float32 tolerance.
 // No NaN check: the fused modules run it only on inputs with a proven finite bound (see
 // fpnops/ops/winograd.py).
 #include <ATen/ops/bmm.h>

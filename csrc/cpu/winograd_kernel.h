@@ -9,8 +9,8 @@
 // Layouts: x and the output channels_last (N, H, W, C); T = N * ceil(H/4) * ceil(W/4) tiles in
 // (n, ty, tx) order, of which one call transforms `count` from tile `first`: U (36, count, C)
 // and M (36, count, K).
-// Channels are processed in blocks of kBlock: every arithmetic loop below runs over a block,
-// which the compiler turns into vector instructions.
+// Channels go through in at::vec vectors (8 floats with AVX2), the last one partial where the
+// channel count is not a multiple: every value below is such a vector of channels.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/vec.h>
