@@ -299,6 +299,11 @@ class FusedFPN(CacheOwner, nn.Module):
         conv = _plain_conv(block)
         if conv is None or not _packs(x, conv, self.backend):
             return None
+        return self._packed_weight(conv, name, x)
+
+    @torch.jit.unused
+    def _packed_weight(self, conv: nn.Conv2d, name: str, x: Tensor):
+        """_packed's result for a conv _packs has accepted."""
         cache = self._fpnops_cache
         p = cache.plain(name, conv)
         stride, padding, dilation, groups = p.args
@@ -310,27 +315,27 @@ class FusedFPN(CacheOwner, nn.Module):
 
     @torch.jit.unused
     def _run_block(self, block: nn.Module, name: str, x: Tensor) -> Tensor:
-        """block(x): on a packed weight where _packed says so, bit for bit the conv eager runs;
-        with exact=False, as Winograd where _winograd takes it."""
-        packed = self._packed(block, name, x)
-        if packed is None:
+        """block(x): on a packed weight where _packs says so, bit for bit the conv eager runs;
+        with exact=False, as Winograd where _winograd takes it (then no oneDNN weight is made)."""
+        conv = _plain_conv(block)
+        if conv is None or not _packs(x, conv, self.backend):
             return block(x)
         if not self.exact:
-            y = self._winograd(packed, name, x)
+            y = self._winograd(conv, name, x)
             if y is not None:
                 return y
-        return _packed_conv(x, *packed)
+        return _packed_conv(x, *self._packed_weight(conv, name, x))
 
     @torch.jit.unused
-    def _winograd(self, packed, name: str, x: Tensor) -> Optional[Tensor]:
-        """The packed conv as Winograd F(4x4, 3x3) (fpnops/ops/winograd.py) where its rule
-        applies and x is proven finite with no overflow possible (max|x| * the weight's gain
-        + max|bias| under SAFE_BOUND, as the fused blocks prove theirs: an inf would make NaNs
-        around it in the transforms, where eager's conv gives inf); else None."""
-        conv, _, (padding, stride, dilation, groups) = packed
-        if not winograd.applies(x.shape, conv.weight, (stride, padding, dilation, groups)):
-            return None
+    def _winograd(self, conv: nn.Conv2d, name: str, x: Tensor) -> Optional[Tensor]:
+        """conv(x), for a conv _packs has accepted, as Winograd F(4x4, 3x3)
+        (fpnops/ops/winograd.py) where its rule applies and x is proven finite with no overflow
+        possible (max|x| * the weight's gain + max|bias| under SAFE_BOUND, as the fused blocks
+        prove theirs: an inf would make NaNs around it in the transforms, where eager's conv
+        gives inf); else None."""
         p = self._fpnops_cache.plain(name, conv)
+        if not winograd.applies(x.shape, conv.weight, p.args):
+            return None
         weight, gain, offset = self._fpnops_cache.packed(
             name + ":winograd", tuple(x.shape), (p,), lambda: (
                 winograd.winograd_weight(conv.weight), _l1(conv.weight),
