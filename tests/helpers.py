@@ -44,6 +44,28 @@ def run_cli(*args, cwd, pythonpath=()):
                           cwd=cwd, env=env)
 
 
+def run_generic_cpu(code, cwd):
+    """Run `code` in a fresh interpreter with ATEN_CPU_CAPABILITY=default, so that our CPU ops
+    take their generic (non-AVX2) kernels; fpnops is the one these tests import, and tests/ is on
+    the path (its modules can be imported). cwd: away from the source tree (`python -c` imports
+    from the working directory first). Fails unless it exits 0 after checking that capability
+    and printing "generic ok"."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    import fpnops
+    root = str(pathlib.Path(fpnops.__file__).resolve().parents[1])
+    tests = str(pathlib.Path(__file__).resolve().parent)
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default",
+           "PYTHONPATH": os.pathsep.join([root, tests, os.environ.get("PYTHONPATH", "")])}
+    check = 'import torch\nassert torch.backends.cpu.get_cpu_capability() == "DEFAULT"\n'
+    r = subprocess.run([sys.executable, "-c", check + code], env=env, capture_output=True,
+                       text=True, cwd=cwd)
+    assert r.returncode == 0 and "generic ok" in r.stdout, r.stderr[-3000:]
+
+
 # The child side of run_bad_inputs: runs each case, reporting before (so a crash names the case
 # that was running) and after (the exception's class hierarchy and message).
 _BAD_INPUT_CHILD = r"""

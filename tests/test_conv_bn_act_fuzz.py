@@ -9,17 +9,12 @@ tap lies over the zero padding, eager gives NaN (0 * inf) or not depending on it
 (im2col or oneDNN's direct convolution, chosen by batch size among others), so those outputs
 are not compared.
 """
-import os
-import pathlib
 import random
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import DTYPES, LAYOUTS, make
+from helpers import DTYPES, LAYOUTS, make, run_generic_cpu
 
 import fpnops
 from fpnops import _backend
@@ -145,18 +140,5 @@ def test_fuzz_triton_small():
 
 def test_fuzz_generic_cpu_kernels(tmp_path):
     """The same on the generic (non-AVX2) copies of our CPU kernels (epilogue, weight bound)."""
-    code = textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})
-        import torch
-        from test_conv_bn_act_fuzz import run_fuzz
-        assert torch.backends.cpu.get_cpu_capability() == "DEFAULT"
-        run_fuzz(7, 200, ["native"])
-        print("generic ok")
-    """)
-    root = str(pathlib.Path(fpnops.__file__).resolve().parents[1])
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default",
-           "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       cwd=tmp_path)
-    assert r.returncode == 0 and "generic ok" in r.stdout, r.stderr[-3000:]
+    run_generic_cpu("from test_conv_bn_act_fuzz import run_fuzz\nrun_fuzz(7, 200, ['native'])\n"
+                    "print('generic ok')\n", tmp_path)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import devices
-from helpers import DTYPES, LAYOUTS, backends_for, make
+from helpers import DTYPES, LAYOUTS, backends_for, make, run_generic_cpu
 
 import fpnops
 from fpnops.ops.upsample_add import upsample_add_reference
@@ -233,8 +233,6 @@ def test_int64_indexing_past_2_pow_31(device):
 def test_generic_cpu_kernels_without_avx2(tmp_path):
     """The CPU kernels are compiled twice (generic at::vec and AVX2) and picked at run time by
     ATen's CPU capability: run the generic copy in a fresh process and check it bit for bit."""
-    import subprocess
-    import sys
     import textwrap
 
     code = textwrap.dedent("""
@@ -260,15 +258,7 @@ def test_generic_cpu_kernels_without_avx2(tmp_path):
                 assert torch.equal(out.contiguous().view(bits), want.contiguous().view(bits)), (dtype, fmt)
         print("generic ok")
     """)
-    import os
-    import pathlib
-    root = str(pathlib.Path(fpnops.__file__).resolve().parents[1])  # the fpnops under test
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default",
-           "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    # cwd away from the source tree: `python -c` imports from the working directory first.
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       cwd=tmp_path)
-    assert r.returncode == 0 and "generic ok" in r.stdout, r.stderr[-2000:]
+    run_generic_cpu(code, tmp_path)
 
 
 # --- regressions: each failed before upsample_add followed eager's rules per kernel ----------

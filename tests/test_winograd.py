@@ -3,19 +3,14 @@ against a float64 convolution on random inputs (odd sizes, partial tiles, every 
 residual, ReLU), a seeded fuzz, the generic (non-AVX2) kernels, bad input, the rule that picks
 it, and the fused ResNets that run it (which convs, the whole-network error, weight updates)."""
 import copy
-import os
-import pathlib
 import random
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
 from fused_models import count_fused_convs, randomize_bn, rel_err
-from helpers import LAYOUTS, assert_bad_inputs, make
+from helpers import LAYOUTS, assert_bad_inputs, make, run_generic_cpu
 
 import fpnops
 from fpnops.nn import FusedBasicBlock, FusedBottleneck
@@ -98,21 +93,8 @@ def test_fuzz_against_float64():
 
 def test_generic_kernels(tmp_path):
     """The generic (non-AVX2) copies of the transforms, in a child with ATEN_CPU_CAPABILITY=default."""
-    code = textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})
-        import torch
-        from test_winograd import run_fuzz
-        assert torch.backends.cpu.get_cpu_capability() == "DEFAULT"
-        run_fuzz(2, 200)
-        print("generic ok")
-    """)
-    root = str(pathlib.Path(fpnops.__file__).resolve().parents[1])
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default",
-           "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       cwd=tmp_path)
-    assert r.returncode == 0 and "generic ok" in r.stdout, r.stderr[-3000:]
+    run_generic_cpu("from test_winograd import run_fuzz\nrun_fuzz(2, 200)\nprint('generic ok')\n",
+                    tmp_path)
 
 
 def test_residual_may_be_read_from_any_layout_and_is_left_alone():
