@@ -6,9 +6,9 @@ forward or anything the replacement relies on, so they stay as they are), whethe
 BatchNorm (that changes rounding, so fold_bn=False skips it), why a module of that class must
 still be left alone (a conv or norm fpnops cannot fold exactly), and how to convert it. The walk
 is top-down; a converted module's children are searched too (a fused stem's model still holds
-blocks and FPNs). The module's own hooks move to its replacement; hooks on the children a fused
-path would skip make the fused module run the original math while they are registered (see
-fpnops/nn/resnet.py).
+blocks and FPNs); a module met twice (tied) is fused once. The module's own hooks move to its
+replacement; a child with hooks or a forward of its own is called by the fused parent through
+its own forward, at eager's position, while they are there (fpnops/nn/_exact.py: inlinable).
 """
 import copy
 import dataclasses
@@ -21,6 +21,7 @@ from fpnops import _backend
 from fpnops.nn import _exact, stem
 from fpnops.nn.fpn import FusedFPN, FusedReferenceFPN
 from fpnops.nn.resnet import FusedBasicBlock, FusedBottleneck, FusedConvBNAct
+from fpnops.ops.fold import fold_conv_bn_if_it_fits
 from fpnops.reference import resnet as ref_resnet
 from fpnops.reference.fpn import FPN as ReferenceFPN
 
@@ -38,7 +39,8 @@ def _torchvision(name):
 def _why_not_pairs(m, pairs, relu="relu"):
     """None where every (conv, norm) attribute pair of `m` folds exactly and its ReLU is plain."""
     for conv, norm in pairs:
-        why = _exact.why_not_conv(getattr(m, conv, None)) or _exact.why_not_bn(getattr(m, norm, None))
+        c, n = getattr(m, conv, None), getattr(m, norm, None)
+        why = _exact.why_not_conv(c) or _exact.why_not_bn(n) or _why_not_fits(c, n)
         if why:
             return f"{conv}/{norm}: {why}"
     if relu is not None and not _exact.is_plain_relu(getattr(m, relu, None)):
@@ -55,12 +57,21 @@ def _why_not_run(m):
     """None where the Sequential holds at least one conv -> BN pair that folds exactly."""
     mods = list(m)
     pairs = [(a, b) for a, b in zip(mods, mods[1:]) if isinstance(a, nn.Conv2d) and _looks_like_norm(b)]
-    if any(not _exact.why_not_conv(a) and not _exact.why_not_bn(b) for a, b in pairs):
-        return None
+    whys = [_exact.why_not_conv(a) or _exact.why_not_bn(b) or _why_not_fits(a, b) for a, b in pairs]
     if not pairs:
         return _NO_RUN
-    a, b = pairs[0]
-    return _exact.why_not_conv(a) or _exact.why_not_bn(b)
+    return None if None in whys else whys[0]
+
+
+def _why_not_fits(conv, bn):
+    """Why the BN cannot fold into the conv's dtype now (fold_conv_bn_if_it_fits), or None.
+    Checked again at every fold: weights and statistics change after fuse()."""
+    if _exact.uses_batch_stats(bn) and (bn.running_mean is None or bn.running_var is None):
+        return None  # batch statistics only: nothing folds, the module's own math runs
+    if conv.weight.device.type == "meta" or fold_conv_bn_if_it_fits(conv, bn) is not None:
+        return None
+    return (f"folding gives values that {conv.weight.dtype} cannot hold (beyond "
+            f"{torch.finfo(conv.weight.dtype).max:.4g}); eager normalises after the conv")
 
 
 _NO_RUN = "no Conv2d followed by a norm layer"
@@ -75,7 +86,7 @@ class Pattern:
     cls: Callable[[], Optional[type]]  # the exact class replaced (None: not installed)
     folds_bn: bool
     why_not: Callable[[nn.Module], Optional[str]]  # None: fuse it; else why it stays
-    convert: Callable[[nn.Module, str], nn.Module]
+    convert: Callable[[nn.Module, str, bool], nn.Module]  # (module, backend, winograd)
 
 
 def _tv(name):
@@ -92,34 +103,35 @@ def _ok(m):
 
 PATTERNS = [
     Pattern("torchvision FeaturePyramidNetwork", _tv("torchvision.ops.FeaturePyramidNetwork"), False,
-            _ok, lambda m, backend: FusedFPN.from_module(m, backend=backend)),
+            _ok, lambda m, backend, wino: FusedFPN.from_module(m, backend=backend, winograd=wino)),
     Pattern("fpnops.reference.FPN", _fixed(ReferenceFPN), False, _ok,
-            lambda m, backend: FusedReferenceFPN._from_reference(m, backend)),
+            lambda m, backend, wino: FusedReferenceFPN._from_reference(m, backend)),
     Pattern("torchvision Bottleneck", _tv("torchvision.models.resnet.Bottleneck"), True,
             lambda m: _why_not_pairs(m, _BOTTLENECK),
-            lambda m, backend: FusedBottleneck.from_module(m, backend=backend)),
+            lambda m, backend, wino: FusedBottleneck.from_module(m, backend=backend, winograd=wino)),
     Pattern("torchvision BasicBlock", _tv("torchvision.models.resnet.BasicBlock"), True,
             lambda m: _why_not_pairs(m, _BLOCK),
-            lambda m, backend: FusedBasicBlock.from_module(m, backend=backend)),
+            lambda m, backend, wino: FusedBasicBlock.from_module(m, backend=backend, winograd=wino)),
     Pattern("fpnops.reference.Bottleneck", _fixed(ref_resnet.Bottleneck), True,
             lambda m: _why_not_pairs(m, _BOTTLENECK),
-            lambda m, backend: FusedBottleneck.from_module(m, backend=backend)),
+            lambda m, backend, wino: FusedBottleneck.from_module(m, backend=backend, winograd=wino)),
     Pattern("fpnops.reference.BasicBlock", _fixed(ref_resnet.BasicBlock), True,
             lambda m: _why_not_pairs(m, _BLOCK),
-            lambda m, backend: FusedBasicBlock.from_module(m, backend=backend)),
+            lambda m, backend, wino: FusedBasicBlock.from_module(m, backend=backend, winograd=wino)),
     Pattern("nn.Sequential with conv -> BN (-> ReLU) runs", _fixed(nn.Sequential), True, _why_not_run,
-            lambda m, backend: FusedConvBNAct.from_module(m, backend=backend)),
+            lambda m, backend, wino: FusedConvBNAct.from_module(m, backend=backend, winograd=wino)),
     Pattern("torchvision Conv2dNormActivation", _tv("torchvision.ops.misc.Conv2dNormActivation"), True,
-            _why_not_run, lambda m, backend: FusedConvBNAct.from_module(m, backend=backend)),
+            _why_not_run,
+            lambda m, backend, wino: FusedConvBNAct.from_module(m, backend=backend, winograd=wino)),
     Pattern("torchvision ResNet stem", _tv("torchvision.models.resnet.ResNet"), True,
             lambda m: _why_not_pairs(m, _STEM),
-            lambda m, backend: stem.with_fused_stem(m, stem._FusedTorchvisionResNet, backend)),
+            lambda m, backend, wino: stem.with_fused_stem(m, stem._FusedTorchvisionResNet, backend, wino)),
     Pattern("torchvision IntermediateLayerGetter stem", _tv("torchvision.models._utils.IntermediateLayerGetter"),
             True, lambda m: _why_not_pairs(m, _STEM) if "conv1" in m._modules else "no conv1/bn1/relu stem",
-            lambda m, backend: stem.with_fused_stem(m, stem._FusedLayerGetter, backend)),
+            lambda m, backend, wino: stem.with_fused_stem(m, stem._FusedLayerGetter, backend, wino)),
     Pattern("fpnops.reference.ResNet34 stem", _fixed(ref_resnet.ResNet34), True,
             lambda m: _why_not_pairs(m, _STEM),
-            lambda m, backend: stem.with_fused_stem(m, stem._FusedReferenceResNet34, backend)),
+            lambda m, backend, wino: stem.with_fused_stem(m, stem._FusedReferenceResNet34, backend, wino)),
 ]
 
 # Every hook dict a module call or its state_dict consults: a replacement shares them with the
@@ -164,13 +176,25 @@ def _looks_like(module):
     return None
 
 
-def _fuse_in_place(module, path, backend, fold_bn, report: List[FuseEntry]):
+def _fuse_in_place(module, path, options, report: List[FuseEntry], done):
+    """Fuse `module` and what is under it; returns its replacement (or itself). options:
+    (backend, fold_bn, winograd). done: id -> (replacement, path) of every module walked, so
+    that a module used at several places (tied) is fused once and the same replacement stands
+    at each of them."""
+    if id(module) in done:
+        new, first = done[id(module)]
+        report.append(FuseEntry(path, type(module).__name__, type(new).__name__,
+                                f"the same module as {first or '(the model itself)'}"))
+        return new
+    backend, fold_bn, winograd = options
     original = type(module).__name__
+    key = id(module)
     pattern = next((p for p in PATTERNS if p.cls() is not None and type(module) is p.cls()), None)
     if pattern is not None:
-        why = "fold_bn=False" if pattern.folds_bn and not fold_bn else pattern.why_not(module)
+        why = "fold_bn=False" if pattern.folds_bn and not fold_bn else (
+            _OWN_FORWARD if "forward" in module.__dict__ else pattern.why_not(module))
         if why is None:
-            new = pattern.convert(module, backend)
+            new = pattern.convert(module, backend, winograd)
             if isinstance(new, FusedFPN) and fold_bn:
                 new.exact = False  # rounding may change (as folding does): Winograd output convs
             _carry_hooks(module, new)
@@ -182,15 +206,20 @@ def _fuse_in_place(module, path, backend, fold_bn, report: List[FuseEntry]):
         base = _looks_like(module).cls().__name__
         report.append(FuseEntry(path, original, None, f"a subclass of {base}: fpnops replaces "
                                 f"{base} itself only (a subclass may compute something else)"))
+    done[key] = (module, path)
     for name, child in list(module.named_children()):
-        new = _fuse_in_place(child, f"{path}.{name}" if path else name, backend, fold_bn, report)
+        new = _fuse_in_place(child, f"{path}.{name}" if path else name, options, report, done)
         if new is not child:
             setattr(module, name, new)
     return module
 
 
+_OWN_FORWARD = ("its forward is set on the instance (m.forward = ...): fpnops cannot know what "
+                "it computes")
+
+
 def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False,
-         fold_bn: bool = True, verbose: bool = False) -> nn.Module:
+         fold_bn: bool = True, winograd: bool = True, verbose: bool = False) -> nn.Module:
     """Return `model` with every recognised pattern replaced by its fused equivalent.
 
     Recognised (exact classes, anywhere in the module tree): torchvision's FeaturePyramidNetwork
@@ -216,12 +245,23 @@ def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False,
             in the blocks and the FPN's output convs (a float32 ResNet50-FPN moves ~2e-6
             relative). fold_bn=False fuses only the FPN top-down steps, whose outputs are
             bit-identical to the original model's.
+        winograd: False: no Winograd 3x3 convs anywhere, every other fusion kept. Winograd's
+            error per output is bounded relative to its input tile's largest value, not to the
+            output itself (fpnops/ops/winograd.py): outputs much smaller than their
+            neighbourhood (one bright pixel beside dim ones) can be off by a few percent of
+            their own value while the whole map is within ~2e-6. Set it False where each
+            output must agree with eager to float32 rounding.
         verbose: print what was fused and what was left alone, and why.
+
+    A module used at several places (tied) is fused once: the same replacement stands at each.
+    A module whose forward is set on the instance, and a block whose BatchNorm folds to values
+    its dtype cannot hold (float16: beyond 65504), stay as they are.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fuse: model must be an nn.Module, got {type(model).__name__}")
     _backend.check("fuse", backend)
-    for name, flag in (("inplace", inplace), ("fold_bn", fold_bn), ("verbose", verbose)):
+    for name, flag in (("inplace", inplace), ("fold_bn", fold_bn), ("winograd", winograd),
+                       ("verbose", verbose)):
         if not isinstance(flag, bool):
             raise TypeError(f"fuse: {name} must be True or False, got {flag!r}")
     if not inplace:
@@ -230,7 +270,7 @@ def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False,
         with torch.inference_mode(False):
             model = copy.deepcopy(model)
     report: List[FuseEntry] = []
-    model = _fuse_in_place(model, "", backend, fold_bn, report)
+    model = _fuse_in_place(model, "", (backend, fold_bn, winograd), report, {})
     if verbose:
         fused = sum(e.replacement is not None for e in report)
         print(f"fpnops.fuse: {fused} module(s) fused, {len(report) - fused} left alone")

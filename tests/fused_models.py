@@ -76,15 +76,15 @@ def assert_same_nonfinite(out, ref):
 
 def count_fused_convs(monkeypatch):
     """A list that gets one entry per conv the CPU float32 fused path runs: the prepacked op
-    (1), a last conv summed into its residual in place (fpnops/nn/resnet.py: _sum_into; 1), or a
+    (1), a last conv summed into its residual in place (fpnops/nn/_chain.py: _sum_into; 1), or a
     3x3 conv as Winograd's ("winograd")."""
-    from fpnops.nn import resnet
+    from fpnops.nn import _chain
     calls = []
-    real, real_sum = torch.ops.fpnops.conv_bn_act_cpu_prepacked, resnet._sum_into
+    real, real_sum = torch.ops.fpnops.conv_bn_act_cpu_prepacked, _chain._sum_into
     real_wino = torch.ops.fpnops.conv3x3_winograd
     monkeypatch.setattr(torch.ops.fpnops, "conv_bn_act_cpu_prepacked",
                         lambda *args: calls.append(1) or real(*args))
     monkeypatch.setattr(torch.ops.fpnops, "conv3x3_winograd",
                         lambda *args: calls.append("winograd") or real_wino(*args))
-    monkeypatch.setattr(resnet, "_sum_into", lambda *args: calls.append(1) or real_sum(*args))
+    monkeypatch.setattr(_chain, "_sum_into", lambda *args: calls.append(1) or real_sum(*args))
     return calls

@@ -1,4 +1,4 @@
-"""What one fused call hands the next (fpnops/nn/resnet.py: _run_bounded, _call_bounded) inside
+"""What one fused call hands the next (fpnops/nn/_run.py: run_bounded, _call_bounded) inside
 a fused model's own forward (a fused stem's model, a ResNet layer of fused blocks):
 - the bound on |values| a fused block proves for its output stands in for reading the next
   block's input (max_abs), until it proves too loose. These tests pin that it reads fewer
@@ -18,7 +18,7 @@ from fused_models import assert_same_nonfinite, randomize_bn, rel_err
 from torchvision.models._utils import IntermediateLayerGetter
 
 import fpnops
-from fpnops.nn import resnet
+from fpnops.nn import _chain
 
 
 @pytest.fixture
@@ -192,13 +192,13 @@ def test_sums_into_its_own_intermediates_only(name, mode, monkeypatch):
     x0 = x.clone()
     ctx = torch.inference_mode if mode == "inference_mode" else torch.no_grad
     calls = []
-    real = resnet._sum_into
+    real = _chain._sum_into
     with ctx():
         fused(x)  # warm
-        monkeypatch.setattr(resnet, "_sum_into", lambda *a: calls.append(1) or real(*a))
+        monkeypatch.setattr(_chain, "_sum_into", lambda *a: calls.append(1) or real(*a))
         outs = _outputs(fused(x))
         assert len(calls) == expected
-        monkeypatch.setattr(resnet, "_sum_into", _out_of_place)
+        monkeypatch.setattr(_chain, "_sum_into", _out_of_place)
         refs = _outputs(fused(x))
     assert torch.equal(x, x0)
     for out, ref in zip(outs, refs):

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from fpnops.nn import _exact
-from fpnops.ops.fold import _bn_tensors, fold_conv_bn
+from fpnops.ops.fold import _bn_tensors, fold_conv_bn_if_it_fits
 
 # Largest bound on |values| a fused block may reach and still take the oneDNN path whose ReLU
 # post-op maps NaN to 0: far below float32's 3.4e38, so no value of the eager or the fused math
@@ -45,14 +45,24 @@ def sources(conv, bn):
 
 
 def _stamp(tensors):
-    """Identity, version and storage of each tensor: an in-place change bumps the version, `.data
-    = t` and .to() move the storage. An inference tensor has no version: identity and storage
-    only (it can only be changed inside inference_mode; fpnops.refresh covers that)."""
+    """Per tensor: its identity, version, address, shape and strides. An in-place change bumps
+    the version; `.data = t`, set_(), vector_to_parameters and swap_tensors change the address,
+    shape or strides. An address proves the same memory only while that memory cannot be freed
+    and handed to another tensor: every cache entry holds the storages its stamp saw (_held).
+    An inference tensor has no version (it can only be changed inside inference_mode, where
+    fpnops.refresh covers it)."""
     try:
-        return tuple([None if t is None else (id(t), t._version, t.data_ptr()) for t in tensors])
+        return tuple([None if t is None else (id(t), t._version, t.data_ptr(), t.shape,
+                                              t.stride()) for t in tensors])
     except RuntimeError:  # "Inference tensors do not track version counter"
         return tuple([None if t is None else (id(t), -1 if t.is_inference() else t._version,
-                                              t.data_ptr()) for t in tensors])
+                                              t.data_ptr(), t.shape, t.stride())
+                      for t in tensors])
+
+
+def _held(tensors):
+    """The storages of `tensors`, for a cache entry to hold with its stamp (see _stamp)."""
+    return tuple(None if t is None else t.untyped_storage() for t in tensors)
 
 
 def _amax(t):
@@ -95,16 +105,21 @@ class _Pair:
 
 class _Folded:
     """A pair's folded (weight, bias), its NaN-test bound constants, and the stamp of the tensors
-    it came from. Normal tensors: built outside inference mode, without autograd."""
+    it came from. Normal tensors: built outside inference mode, without autograd. weight and
+    bias are None where the fold does not fit the conv's dtype (fold_conv_bn_if_it_fits): the
+    pair then runs unfolded."""
 
     def __init__(self, conv, bn, tensors):
         self.tensors = tensors  # held: their ids in the stamp stay theirs
         self.stamp = _stamp(tensors)  # taken before folding: a change meanwhile makes it stale
+        self.storages = _held(tensors)
+        self.gain = self.offset = None
         with torch.inference_mode(False), torch.no_grad():
-            self.weight, self.bias = fold_conv_bn(conv, bn)
+            folded = fold_conv_bn_if_it_fits(conv, bn)
+            self.weight, self.bias = folded if folded is not None else (None, None)
             # the NaN test runs on the CPU path only: no device syncs elsewhere
-            cpu = self.weight.device.type == "cpu"
-            self.gain, self.offset = _bound(conv, bn, self.weight, self.bias) if cpu else (None, None)
+            if folded is not None and self.weight.device.type == "cpu":
+                self.gain, self.offset = _bound(conv, bn, self.weight, self.bias)
 
 
 class _Plain:
@@ -115,6 +130,7 @@ class _Plain:
         self.conv, self.attrs = conv, _attrs(conv, None)
         self.tensors = (conv.weight, conv.bias)  # held: their ids in the stamp stay theirs
         self.stamp = _stamp(self.tensors)
+        self.storages = _held(self.tensors)
         self.args = (tuple(conv.stride), _exact.conv_padding(conv), tuple(conv.dilation), conv.groups)
 
 
@@ -184,7 +200,22 @@ class _FoldedWeights:
 
 class CacheOwner:
     """Mixed into every module that owns a _FoldedWeights (as `_fpnops_cache`): train()/eval(),
-    .to()/.half()/.cuda() and load_state_dict drop it."""
+    .to()/.half()/.cuda() and load_state_dict drop it. `winograd`: whether its 3x3 convs may
+    run as Winograd (CPU float32 inference); setting it drops the cache (packed weights are
+    Winograd's or oneDNN's)."""
+
+    __jit_unused_properties__ = ["winograd"]
+
+    @property
+    def winograd(self):
+        return self.__dict__.get("_fpnops_winograd", True)  # True: made before the flag existed
+
+    @winograd.setter
+    def winograd(self, value):
+        if not isinstance(value, bool):
+            raise TypeError(f"{type(self).__name__}: winograd must be True or False, got {value!r}")
+        self.__dict__["_fpnops_winograd"] = value
+        self._fpnops_cache.clear()
 
     def train(self, mode=True):
         out = super().train(mode)

@@ -2,10 +2,14 @@
 
 fuse() and the fused modules (at every forward) ask these before they bypass a module's own
 forward: a subclass that overrides forward (weight standardisation, a custom norm), a module
-with hooks, or a conv whose padding has no explicit symmetric form runs as it is.
+with hooks or a forward of its own, or a conv whose padding has no explicit symmetric form runs
+as it is. `inlinable` is the one rule every fused parent (blocks, Sequential runs, stems, the
+FPN) asks of a child before computing the child's part itself.
 """
 import torch.nn as nn
 import torch.nn.modules.module as _module
+
+_BN = nn.modules.batchnorm._BatchNorm
 
 def overrides(obj, base, names=("forward",)):
     """True where type(obj) resolves any of `names` to something else than `base` does."""
@@ -32,6 +36,22 @@ def has_hooks(m):
     """Forward, pre-forward or backward hooks on `m` itself (a fused path would not call them)."""
     return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
                 or getattr(m, "_backward_pre_hooks", None))
+
+
+def inlinable(m):
+    """Whether a fused parent may compute `m`'s part itself instead of calling `m`: calling it
+    would run exactly its class's forward and nothing else. Not where m has hooks (or hooks for
+    every module are registered), a forward set on the instance (`m.forward = wrapper`, as
+    accelerate, adapters and debugging tools patch modules), or was compiled by m.compile().
+    A child that fails this is called through its own forward, at eager's position."""
+    return not (has_hooks(m) or "forward" in m.__dict__
+                or getattr(m, "_compiled_call_impl", None) is not None or global_hooks())
+
+
+def uses_batch_stats(bn):
+    """True where BatchNorm normalises with batch statistics (or, missing one running statistic,
+    raises in eager): it cannot be folded then."""
+    return isinstance(bn, _BN) and (bn.training or bn.running_mean is None or bn.running_var is None)
 
 
 def conv_padding(conv):
@@ -73,6 +93,14 @@ def why_not_bn(m):
             return f"{type(m).__name__} overrides FrozenBatchNorm2d's forward"
         return None
     return f"{type(m).__name__} is not nn.BatchNorm2d or torchvision's FrozenBatchNorm2d"
+
+
+def check_no_own_forward(who, m):
+    """from_module's refusal of a module whose forward is set on the instance: what it computes
+    is unknown (fpnops.fuse leaves such modules alone)."""
+    if isinstance(m, nn.Module) and "forward" in m.__dict__:
+        raise TypeError(f"{who}: {type(m).__name__}'s forward is set on the instance "
+                        f"(m.forward = ...); fpnops cannot know what it computes")
 
 
 def is_plain_relu(m):

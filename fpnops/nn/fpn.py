@@ -25,13 +25,25 @@ from fpnops.reference.fpn import FPN as ReferenceFPN
 
 
 def _top_down(top: Tensor, lateral: Tensor, backend: str, scale_factor: Optional[float] = None) -> Tensor:
-    if top.shape[:2] != lateral.shape[:2]:  # eager's add broadcasts (a batch of 1), or raises
+    if top.shape[:2] != lateral.shape[:2] or not _plain_layout(lateral):
+        # eager's add broadcasts (a batch of 1), or raises; or it lays the sum out otherwise
+        # than upsample_add (see _plain_layout): eager's own math
         if scale_factor is None:
             return lateral + F.interpolate(top, size=lateral.shape[-2:], mode="nearest")
         return lateral + F.interpolate(top, scale_factor=scale_factor, mode="nearest")
     if torch.jit.is_scripting():  # TorchScript cannot compile the Python face; the op it can
         return torch.ops.fpnops.upsample_add(top, lateral, scale_factor, scale_factor)
     return upsample_add(top, lateral, scale_factor=scale_factor, backend=backend)
+
+
+def _plain_layout(t: Tensor) -> bool:
+    """Whether eager's `t + interpolate(top)` has the layout upsample_add gives (t's memory
+    format, dense): where t is dense in NCHW or channels_last with more than one channel, row
+    and column. Otherwise TensorIterator picks its own strides (for size-1 dims, and in the
+    order of a strided view's), and a conv reading the sum may take another algorithm for them
+    (a 1x1 map given as a channels_last view: 1 ulp)."""
+    return (t.dim() == 4 and t.size(1) > 1 and t.size(2) > 1 and t.size(3) > 1
+            and (t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)))
 
 
 def _check_constructor(in_channels_list, out_channels, norm_layer):
@@ -109,14 +121,15 @@ def _conv_norm(in_channels, out_channels, kernel_size, norm_layer):
 
 def _plain_conv(block):
     """The conv of an FPN block that is one plain nn.Conv2d (torchvision's Conv2dNormActivation
-    or a Sequential holding only it, or the conv itself), with no hooks on either; else None."""
+    or a Sequential holding only it, or the conv itself), where FusedFPN may run it itself
+    (_exact.inlinable, both); else None."""
     conv = block
     if type(block) is not nn.Conv2d:
-        if len(block._modules) != 1 or _exact.has_hooks(block) or not (
+        if len(block._modules) != 1 or not _exact.inlinable(block) or not (
                 type(block) is nn.Sequential or type(block).__name__ == "Conv2dNormActivation"):
             return None
         (conv,) = block._modules.values()
-    if type(conv) is not nn.Conv2d or _exact.has_hooks(conv) or _exact.why_not_conv(conv):
+    if type(conv) is not nn.Conv2d or not _exact.inlinable(conv) or _exact.why_not_conv(conv):
         return None
     return conv
 
@@ -133,7 +146,7 @@ def _packs(x, conv, backend):
             and w.dtype == torch.float32 and w.device.type == "cpu"
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
-            and not torch.jit.is_tracing() and not _exact.global_hooks()
+            and not torch.jit.is_tracing()
             and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or (
                 conv.bias is not None and conv.bias.requires_grad)))
             and _eager_runs_onednn(x, conv))
@@ -179,7 +192,9 @@ class FusedFPN(CacheOwner, nn.Module):
     outputs bit-identical to torchvision's. False: CPU float32 inference runs the 3x3 output
     convs as Winograd F(4x4, 3x3) where fpnops/ops/winograd.py's rule picks it (the finest
     level's is the largest conv of a ResNet50-FPN), rounding as the fused ResNet blocks do
-    (~1e-6 relative), and only on maps proven finite (else the exact conv).
+    (~1e-6 relative; the bound it keeps: see fpnops/ops/winograd.py), and only on maps proven
+    finite (else the exact conv). `winograd` False (from_module(..., winograd=False) or
+    fpnops.fuse(..., winograd=False)): no Winograd even where exact is False.
     """
 
     _version = 2
@@ -210,7 +225,7 @@ class FusedFPN(CacheOwner, nn.Module):
 
     @classmethod
     def from_module(cls, m: nn.Module, *, backend: str = "auto", copy: bool = False,
-                    exact: bool = True) -> nn.Module:
+                    exact: bool = True, winograd: bool = True) -> nn.Module:
         """A fused module computing what `m` computes, sharing its submodules (parameters,
         buffers, hooks) unless copy=True.
 
@@ -219,9 +234,12 @@ class FusedFPN(CacheOwner, nn.Module):
         always exact).
         exact: bit-identical outputs (True), or Winograd 3x3 output convs where they apply
         (False; see the class docstring).
+        winograd: False: no Winograd convs, whatever `exact` says.
         """
-        if not isinstance(exact, bool):
-            raise TypeError(f"FusedFPN.from_module: exact must be True or False, got {exact!r}")
+        for name, flag in (("exact", exact), ("winograd", winograd)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"FusedFPN.from_module: {name} must be True or False, got {flag!r}")
+        _exact.check_no_own_forward("FusedFPN.from_module", m)
         if copy:
             import copy as _copy
             m = _copy.deepcopy(m)
@@ -240,6 +258,8 @@ class FusedFPN(CacheOwner, nn.Module):
         fused = cls._from_parts(m.inner_blocks, m.layer_blocks, m.extra_blocks, backend)
         if not exact:
             fused.exact = False
+        if not winograd:
+            fused.winograd = False
         return fused.train(m.training)
 
     @classmethod
@@ -316,11 +336,12 @@ class FusedFPN(CacheOwner, nn.Module):
     @torch.jit.unused
     def _run_block(self, block: nn.Module, name: str, x: Tensor) -> Tensor:
         """block(x): on a packed weight where _packs says so, bit for bit the conv eager runs;
-        with exact=False, as Winograd where _winograd takes it (then no oneDNN weight is made)."""
+        with exact=False (and winograd), as Winograd where _winograd takes it (then no oneDNN
+        weight is made)."""
         conv = _plain_conv(block)
         if conv is None or not _packs(x, conv, self.backend):
             return block(x)
-        if not self.exact:
+        if not self.exact and self.winograd:
             y = self._winograd(conv, name, x)
             if y is not None:
                 return y
@@ -362,6 +383,7 @@ class FusedFPN(CacheOwner, nn.Module):
             return _top_down(top, block(x), self.backend)
         conv, weight, (padding, stride, dilation, groups) = packed
         if (conv.kernel_size == (1, 1) and stride == [1, 1] and padding == [0, 0]
+                and conv.out_channels > 1 and x.shape[2] > 1 and x.shape[3] > 1  # _plain_layout
                 and top.dtype == torch.float32 and top.device.type == "cpu" and top.dim() == 4
                 and top.shape[:2] == (x.shape[0], conv.out_channels)
                 and top.is_contiguous(memory_format=torch.channels_last)

@@ -14,7 +14,7 @@ import torch
 
 from fpnops import _backend
 from fpnops.nn._cache import CacheOwner, _FoldedWeights
-from fpnops.nn.resnet import run_folding
+from fpnops.nn._run import run_folding
 
 _SUBCLASSES = {}  # (model class, mixin) -> the fused subclass
 
@@ -40,15 +40,17 @@ class _StemMixin(CacheOwner):
 
     def _stem(self, x):
         mods = (("conv1", self.conv1), ("bn1", self.bn1), ("relu", self.relu))
-        return run_folding(type(self).__name__, mods, x, self._fpnops_cache, self._fpnops_backend)
+        return run_folding(type(self).__name__, mods, x, self._fpnops_cache, self._fpnops_backend,
+                           winograd_ok=self.winograd)
 
 
 class _FusedTorchvisionResNet(_StemMixin):
     def _forward_impl(self, x):
-        # torchvision's order; as one run so that bounds pass from stem to layer4 (resnet.py)
+        # torchvision's order; as one run so that bounds pass from stem to layer4 (_run.py)
         mods = [(n, getattr(self, n)) for n in ("conv1", "bn1", "relu", "maxpool", "layer1",
                                                 "layer2", "layer3", "layer4")]
-        x = run_folding(type(self).__name__, mods, x, self._fpnops_cache, self._fpnops_backend)
+        x = run_folding(type(self).__name__, mods, x, self._fpnops_cache, self._fpnops_backend,
+                        winograd_ok=self.winograd)
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
@@ -62,7 +64,7 @@ class _FusedLayerGetter(_StemMixin):
 
         # a run ends at a layer whose output is returned (return_layers={"bn1": ...})
         run_folding(type(self).__name__, self.items(), x, self._fpnops_cache, self._fpnops_backend,
-                    on_output=keep, keep=self.return_layers)
+                    on_output=keep, keep=self.return_layers, winograd_ok=self.winograd)
         return out
 
 
@@ -73,11 +75,13 @@ class _FusedReferenceResNet34(_StemMixin):
 _MIXINS = (_FusedTorchvisionResNet, _FusedLayerGetter, _FusedReferenceResNet34)
 
 
-def with_fused_stem(model, mixin, backend):
-    """Give `model` (in place) the subclass of its class that mixes in `mixin`."""
+def with_fused_stem(model, mixin, backend, winograd=True):
+    """Give `model` (in place) the subclass of its class that mixes in `mixin`; winograd: the
+    stem's run (and whatever it runs as a Sequential run) may use Winograd 3x3 convs."""
     base = getattr(type(model), "_fpnops_base", type(model))
     backend = _backend.check(f"Fused{base.__name__}", backend)
     model.__class__ = fused_class(base, mixin)
     model._fpnops_cache = _FoldedWeights()
     model._fpnops_backend = backend
+    model.winograd = winograd
     return model

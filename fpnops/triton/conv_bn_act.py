@@ -14,6 +14,8 @@ import triton.language as tl
 from torch._prims_common import suggest_memory_format
 from torch.library import custom_op, triton_op
 
+from fpnops._errors import InputError
+from fpnops.ops.conv_bn_act_checks import check_inputs
 from fpnops.triton._launch import Launch, launch, needs_int64
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -119,10 +121,9 @@ def _target_arch():
 
 def check_args(x, weight, bias, stride, residual):
     """conv_bn_act's checks, for direct calls of the op: a 1x1 conv, no padding, no groups."""
-    from fpnops.ops.conv_bn_act import check_inputs  # here: that module imports this one
     check_inputs(x, weight, bias, stride, 0, 1, 1, residual, who="conv1x1_bn_act_triton")
     if tuple(weight.shape[-2:]) != (1, 1):
-        raise ValueError(f"conv1x1_bn_act_triton: weight must be 1x1, got {tuple(weight.shape)}")
+        raise InputError(f"conv1x1_bn_act_triton: weight must be 1x1, got {tuple(weight.shape)}")
 
 
 def conv1x1_launch(x, weight, bias, stride, residual, relu, out, index64=None):
