@@ -207,7 +207,9 @@ def _fuse_in_place(module, path, options, report: List[FuseEntry], done):
         report.append(FuseEntry(path, original, None, f"a subclass of {base}: fpnops replaces "
                                 f"{base} itself only (a subclass may compute something else)"))
     done[key] = (module, path)
-    for name, child in list(module.named_children()):
+    for name, child in list(module._modules.items()):  # named_children() skips a repeat
+        if child is None:
+            continue
         new = _fuse_in_place(child, f"{path}.{name}" if path else name, options, report, done)
         if new is not child:
             setattr(module, name, new)
