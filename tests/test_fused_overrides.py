@@ -265,3 +265,29 @@ def test_copies_of_a_fused_model_keep_its_ties():
     fused = fpnops.fuse(nn.Sequential(b, b))
     for copied in (copy.deepcopy(fused), pickle.loads(pickle.dumps(fused))):
         assert copied[0] is copied[1]
+
+
+# --- train/eval modes ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make", ["fuse", "from_module"])
+def test_fusing_keeps_each_childs_own_mode(make):
+    """A container in training mode may hold BNs in eval mode (a frozen part of a model being
+    fine-tuned): fusing it must not switch them to training (batch statistics), and from_module
+    must not change the modules it adopts."""
+    torch.manual_seed(0)
+    block = randomize_bn(torchvision.models.resnet.BasicBlock(8, 8))
+    block.bn1.eval(), block.bn2.eval()  # the block itself stays in training mode
+    seq = randomize_bn(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()))
+    seq[1].eval()
+    fpn = _fpn()
+    fpn.train()
+    fpn.inner_blocks[0].eval()
+    for eager, cls in ((block, FusedBasicBlock), (seq, FusedConvBNAct), (fpn, fpnops.FusedFPN)):
+        modes = [m.training for m in eager.modules()]
+        fused = fpnops.fuse(eager) if make == "fuse" else cls.from_module(eager)
+        assert [m.training for m in fused.modules()] == modes
+        assert [m.training for m in eager.modules()] == modes
+    x = torch.randn(2, 8, 9, 11)
+    fused = fpnops.fuse(block) if make == "fuse" else FusedBasicBlock.from_module(copy.deepcopy(block))
+    with torch.no_grad():
+        assert rel_err(fused(x), block(x)) < 1e-5

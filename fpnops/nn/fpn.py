@@ -260,7 +260,8 @@ class FusedFPN(CacheOwner, nn.Module):
             fused.exact = False
         if not winograd:
             fused.winograd = False
-        return fused.train(m.training)
+        fused.training = m.training  # its own flag only: the children keep theirs (as in eager)
+        return fused
 
     @classmethod
     def _from_parts(cls, inner_blocks, layer_blocks, extra_blocks, backend):
@@ -458,7 +459,8 @@ class FusedReferenceFPN(ReferenceFPN):
         for name, child in m.named_children():
             setattr(fused, name, child)
         fused.backend = _backend.check("FusedFPN", backend)
-        return fused.train(m.training)
+        fused.training = m.training  # its own flag only: the children keep theirs (as in eager)
+        return fused
 
     def _up_add(self, top, lateral):
         scale = 2.0 if self.variant == "paper" else None

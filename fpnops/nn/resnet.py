@@ -48,7 +48,8 @@ class FusedConvBNAct(CacheOwner, nn.Sequential):
         fused = cls(backend=backend, winograd=winograd)
         for name, child in m.named_children():
             fused.add_module(name, child)
-        return fused.train(m.training)
+        fused.training = m.training  # its own flag only: the children keep theirs (as in eager)
+        return fused
 
     def forward(self, x):
         return self._forward_bounded(x, None)[0]
@@ -128,7 +129,8 @@ class _FusedBlock(CacheOwner, nn.Module):
         fused.backend = _backend.check(cls.__name__, backend)
         fused._fpnops_cache = _FoldedWeights()
         fused.winograd = winograd
-        return fused.train(m.training)
+        fused.training = m.training  # its own flag only: the children keep theirs (as in eager)
+        return fused
 
     def forward(self, x):
         return self._forward_bounded(x, None)[0]
