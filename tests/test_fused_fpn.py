@@ -445,3 +445,58 @@ def test_lateral_summed_into_the_upsampled_top_is_eager_bit_for_bit(sizes, value
         assert torch.equal(_bits(out[k]), _bits(expect[k])), k
     for k in x:
         assert torch.equal(_bits(x[k]), _bits(before[k]))
+
+
+# --- exact=True in every layout ------------------------------------------------------------
+
+def _map(rng, n, c, h, w):
+    """A random map in one of the layouts people hand an FPN: dense NCHW or channels_last, or
+    a view with strided rows, columns or channels in either order (a 1x1 or 1xW map included,
+    where both formats hold at once)."""
+    kind = rng.randrange(6)
+    if kind == 0:
+        return torch.randn(n, c, h, w), kind
+    if kind == 1:
+        return torch.randn(n, c, h, w).contiguous(memory_format=torch.channels_last), kind
+    if kind == 2:  # channels_last, every other column
+        return torch.randn(n, h, 2 * w + 1, c).permute(0, 3, 1, 2)[..., ::2], kind
+    if kind == 3:  # channels_last, every other channel
+        return torch.randn(n, h, w, 2 * c).permute(0, 3, 1, 2)[:, ::2], kind
+    if kind == 4:  # NCHW, every other column
+        return torch.randn(n, c, h, 2 * w + 1)[..., ::2], kind
+    return torch.randn(n, h, c, w).permute(0, 2, 1, 3), kind  # rows outermost
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_exact_is_bit_identical_in_every_layout(seed):
+    """exact=True (the default) keeps torchvision's bits and strides on every level, whatever
+    the layout of each input map (a 1x1 map given as a channels_last view was 1 ulp off: eager's
+    add lays such a sum out otherwise, and the 3x3 conv then took another algorithm), with
+    channel counts that reach oneDNN's convolutions."""
+    import random
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    chans = [64, 128, 256]
+    tv = FeaturePyramidNetwork(chans, 64, extra_blocks=LastLevelMaxPool()).eval()
+    for m in tv.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.bias)
+    fused = fpnops.FusedFPN.from_module(tv)
+    for case in range(40):
+        n = rng.choice((1, 2))
+        size = [rng.choice((1, 1, 2, 3, 5, 9, 12)) for _ in range(2)]
+        sizes = [(max(1, size[0] >> (2 - i)) * 2 ** (2 - i), max(1, size[1] >> (2 - i)) * 2 ** (2 - i))
+                 for i in range(3)][::-1]
+        if rng.random() < 0.3:  # the coarsest maps 1x1 or 1xW
+            sizes = [(rng.choice((1, 2, 4)), rng.choice((1, 3))), (1, rng.choice((1, 2))), (1, 1)]
+        x, kinds = OrderedDict(), []
+        for i, (c, (h, w)) in enumerate(zip(chans, sizes)):
+            t, kind = _map(rng, n, c, h, w)
+            x[f"f{i}"] = t
+            kinds.append(kind)
+        with torch.no_grad():
+            ref, out = tv(x), fused(x)
+        for k in ref:
+            where = (case, k, sizes, kinds, n)
+            assert torch.equal(out[k], ref[k]), where
+            assert out[k].stride() == ref[k].stride(), where
