@@ -103,3 +103,96 @@ CASES += [
 
 def test_bad_inputs():
     assert_bad_inputs(CASES, setup=SETUP)
+
+
+# --- the same error class as eager -----------------------------------------------------------
+# Where eager raises (mostly RuntimeError), fpnops' checks raise an error that is eager's class
+# too (fpnops/_errors.py: InputError is a ValueError and a RuntimeError, InputTypeError a
+# TypeError and a RuntimeError), so `except RuntimeError` written against eager still catches
+# it; the messages still name the module, the conv and the argument.
+
+EAGER_SETUP = r"""
+import torch, torch.nn as nn, torchvision, fpnops
+from collections import OrderedDict
+from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.ops import FeaturePyramidNetwork
+
+def bottleneck():
+    ds = nn.Sequential(nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32))
+    return Bottleneck(16, 8, downsample=ds).eval()
+
+def seq():
+    return nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()).eval()
+
+def fpn():
+    return FeaturePyramidNetwork([8, 16], 8).eval()
+
+def levels(c0=8, c1=16, dims=4, dtype=torch.float32):
+    shape = lambda c, s: (2, c, s, s)[4 - dims:] if dims <= 4 else (1, 2, c, s, s)
+    return OrderedDict(a=torch.randn(shape(c0, 8), dtype=dtype), b=torch.randn(shape(c1, 4), dtype=dtype))
+
+def call(m, x, grad):
+    if grad:
+        return m(x.requires_grad_() if isinstance(x, torch.Tensor) else x)
+    with torch.no_grad():
+        return m(x)
+"""
+
+# (id, model, input, regex the fused message must match)
+AS_EAGER = [
+    ("block: channels", "bottleneck()", "torch.randn(1, 8, 9, 9)", r"FusedBottleneck\.conv1: x has 8 channels"),
+    ("block: 5-D", "bottleneck()", "torch.randn(1, 1, 16, 9, 9)", r"FusedBottleneck: x must be 4-D"),
+    ("block: float64 x", "bottleneck()", "torch.randn(1, 16, 9, 9).double()",
+     r"FusedBottleneck\.conv1: x is torch\.float64"),
+    ("block: 3-D", "bottleneck()", "torch.randn(16, 9, 9)", r"FusedBottleneck: x must be 4-D"),
+    ("Sequential: channels", "seq()", "torch.randn(1, 4, 9, 9)", r"FusedConvBNAct\.0: x has 4 channels"),
+    ("Sequential: 5-D", "seq()", "torch.randn(1, 1, 8, 9, 9)", r"FusedConvBNAct: x must be 4-D"),
+    ("Sequential: float64 x", "seq()", "torch.randn(1, 8, 9, 9).double()", r"FusedConvBNAct\.0: x is torch\.float64"),
+    ("ResNet stem: channels", "torchvision.models.resnet18().eval()", "torch.randn(1, 4, 32, 32)",
+     r"FusedResNet\.conv1: x has 4 channels"),
+    ("ResNet: float64 x", "torchvision.models.resnet18().eval()", "torch.randn(1, 3, 32, 32).double()",
+     r"FusedResNet\.conv1: x is torch\.float64"),
+    ("FPN: channels", "fpn()", "levels(c1=12)", r"FusedFPN: x\['b'\] must have 16 channels"),
+    ("FPN: batch sizes", "fpn()", "OrderedDict(a=torch.randn(2, 8, 8, 8), b=torch.randn(3, 16, 4, 4))",
+     r"FusedFPN: the maps of x have batch sizes"),
+    ("FPN: 5-D", "fpn()", "levels(dims=5)", r"FusedFPN: x\['a'\] must be 4-D"),
+]
+
+
+def _eager_error(model, x, grad):
+    """The class eager raises for this input (the test fails where eager raises nothing)."""
+    env = {}
+    exec(EAGER_SETUP, env)
+    try:
+        exec(f"call({model}, {x}, {grad})", env)
+    except Exception as e:  # noqa: BLE001 - the class is what we compare
+        return type(e).__name__
+    raise AssertionError(f"eager raised nothing for {model}({x})")
+
+
+def test_errors_are_eager_class_too():
+    cases = []
+    for name, model, x, pattern in AS_EAGER:
+        for grad in (False, True):
+            expected = _eager_error(model, x, grad)
+            assert expected in ("RuntimeError", "ValueError"), (name, expected)  # what eager raises here
+            cases.append((f"{name} [{'autograd' if grad else 'no_grad'}] as eager's {expected}",
+                          f"call(fpnops.fuse({model}), {x}, {grad})", expected, pattern))
+    assert sum("RuntimeError" in c[0] for c in cases) >= 16
+    assert_bad_inputs(cases, setup=EAGER_SETUP)
+
+
+def test_error_classes_are_both():
+    import fpnops
+    from fpnops._errors import InputError, InputTypeError
+    assert issubclass(InputError, ValueError) and issubclass(InputError, RuntimeError)
+    assert issubclass(InputTypeError, TypeError) and issubclass(InputTypeError, RuntimeError)
+    import torch
+    for call in (lambda: fpnops.conv_bn_act(torch.randn(1, 3, 5, 5), torch.randn(4, 2, 1, 1)),
+                 lambda: fpnops.upsample_add(torch.randn(1, 3, 2, 2), torch.randn(1, 4, 4, 4))):
+        try:
+            call()
+        except RuntimeError as e:  # eager's F.conv2d / add raise RuntimeError here
+            assert isinstance(e, ValueError)
+        else:
+            raise AssertionError("no error")

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fpnops import _backend
+from fpnops._errors import InputError, InputTypeError
 from fpnops.nn import _exact
 from fpnops.nn._cache import SAFE_BOUND, CacheOwner, _amax, _FoldedWeights, _l1
 from fpnops.ops import winograd
@@ -85,28 +86,28 @@ def _check_levels(x, inner_blocks):
     """FusedFPN.forward's x: a non-empty dict of dense 4-D maps, finest first, each with the
     channels of the 1x1 conv torchvision's FPN would apply to it (each error names x[name])."""
     if not isinstance(x, Mapping):
-        raise TypeError(f"FusedFPN: x must be a dict of feature maps (name -> Tensor), finest "
+        raise InputTypeError(f"FusedFPN: x must be a dict of feature maps (name -> Tensor), finest "
                         f"first, got {type(x).__name__}")
     if len(x) == 0:
-        raise ValueError(f"FusedFPN: x has 0 feature maps, but this FPN has "
+        raise InputError(f"FusedFPN: x has 0 feature maps, but this FPN has "
                          f"{len(inner_blocks)} levels (one per in_channels_list entry)")
     for level, (name, t) in enumerate(x.items()):
         what = f"x[{name!r}]"
         check_dense("FusedFPN", what, t)
         if t.dim() != 4:
-            raise ValueError(f"FusedFPN: {what} must be 4-D (N, C, H, W), got shape {tuple(t.shape)}")
+            raise InputError(f"FusedFPN: {what} must be 4-D (N, C, H, W), got shape {tuple(t.shape)}")
         idx = _block_index(level, len(x), len(inner_blocks))
         block = inner_blocks[idx] if idx >= 0 else None
         conv = block[0] if isinstance(block, nn.Sequential) else block
         channels = getattr(conv, "in_channels", None)
         if channels is not None and t.shape[1] != channels:
-            raise ValueError(f"FusedFPN: {what} must have {channels} channels (the in_channels of "
+            raise InputError(f"FusedFPN: {what} must have {channels} channels (the in_channels of "
                              f"the inner block it goes through), got shape {tuple(t.shape)}")
         if t.shape[2] == 0 or t.shape[3] == 0:
-            raise ValueError(f"FusedFPN: {what} has an empty spatial size {tuple(t.shape)}")
+            raise InputError(f"FusedFPN: {what} has an empty spatial size {tuple(t.shape)}")
     batches = {name: t.shape[0] for name, t in x.items() if t.shape[0] != 1}
     if len(set(batches.values())) > 1:  # a batch of 1 broadcasts in the top-down adds, as in eager
-        raise ValueError(f"FusedFPN: the maps of x have batch sizes {batches} (besides 1); they "
+        raise InputError(f"FusedFPN: the maps of x have batch sizes {batches} (besides 1); they "
                          f"must be equal")
 
 
