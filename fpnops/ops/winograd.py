@@ -1,10 +1,38 @@
 """3x3 convolutions as Winograd's F(4x4, 3x3) on the CPU (fpnops::conv3x3_winograd,
 csrc/cpu/winograd.cpp): the fused modules' CPU float32 inference path runs the 3x3 convs of
 ResNet's wider layers this way, where it is faster than oneDNN's direct convolution (which has no
-Winograd of its own on AVX2 CPUs). It rounds differently from a direct convolution: its relative
-error against a float64 reference is a few times a direct float32 conv's (about 1e-6 against
-3e-7 per conv), within the fused modules' tolerance (shared/DESIGN.md: far under 1e-4 for a
-whole ResNet50).
+Winograd of its own on AVX2 CPUs). fpnops.fuse(model, winograd=False) and
+FusedFPN.from_module(..., winograd=False) turn it off and keep every other fusion.
+
+The error it keeps, per output y[n, k, h, w] against the exact convolution of the same float32
+inputs (TILE_BOUND in tests/test_winograd.py):
+
+    |y - exact| <= c * T * S[k] + u * (|exact| + |bias[k]| + |residual|) + A_sub
+
+  T     the largest |x| over the 6x6 input tile of the 4x4 output tile holding (h, w) (input rows
+        4*ty-1 .. 4*ty+4 and columns 4*tx-1 .. 4*tx+4, over every channel),
+  S[k]  sum over c, i, j of |w[k, c, i, j]|,
+  c     2e-6 with 64 or more input channels, where the fused modules run it (the worst
+        measured ~1e-6: random and ReLU'd maps, one bright pixel among dim ones, alternating
+        signs, values up to the SAFE_BOUND below, 64 to 512 channels); 8e-6 with fewer (one
+        input channel measured 3.7e-6: no sum over channels to average the rounding),
+  u     2**-23, the rounding of the bias and residual adds,
+  A_sub an absolute term for subnormal inputs (float32's smallest step 2**-149 bounds what the
+        products of tiny values keep): 400 * (C + 36) * 2**-149.
+
+c is measured, not proven: a worst-case rounding analysis gives a constant that grows with the
+channel count, as for any float32 sum of C products; the rounding errors of the sum over
+channels cancel as a direct convolution's do. A direct float32 conv keeps the same form with
+T * S[k] replaced by sum |x| |w| over the output's own 3x3 window, per element. So Winograd's
+error is small against the tile's largest value, not against the output itself: an output of
+0.01 in a tile with a pixel of 1000 can be off by several percent of its own value (about 1e-6
+of the map's norm: a fused ResNet50 stays ~2e-6 from float64, as eager is). Where each output
+must agree with eager to float32 rounding, use winograd=False.
+
+The points: 0, +-1, +-2 and infinity. benchmarks/winograd_points.py measures every other set
+people use for F(4x4, 3x3) (results in benchmarks/results/winograd-points-*.json): none with
+lower error costs the same; 0, +-1, 1/2, -2 has ~1/3 of the tile constant and 2/3 of the
+norm-wise error for ~10% more transform work (not taken; see the README).
 
 Only for inputs with a proven finite bound: the transforms mix neighbouring pixels, so an inf
 would make NaNs around it, and they grow values by at most 36100x (|U| <= 100 max|x|, |V| <=
