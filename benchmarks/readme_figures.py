@@ -35,6 +35,8 @@ REGENERATE = {
                             "--plot benchmarks/results/cpu-2core-bf16.png"),
     "demo-cpu-2core/demo.json": "fpnops demo --out benchmarks/results/demo-cpu-2core",
     "install-cpu-2core.json": "python benchmarks/install_cost.py --tests --out benchmarks/results/install-cpu-2core.json",
+    "winograd-points-xeon-amx.json": ("python benchmarks/winograd_points.py "
+                                      "--out benchmarks/results/winograd-points-xeon-amx.json"),
 }
 
 
@@ -273,6 +275,28 @@ def quick_time(quick, cpu):
             "models and compiling")
 
 
+def winograd_points(d, name):
+    """The point-set study's summary: the current set (as the kernel runs it) against the
+    recommended one, with the CPU, date and command."""
+    if d is None:
+        return not_measured(name, "the Winograd point-set study")
+    sets = {p["name"]: p for p in d["point_sets"]}
+    cur, rec = d["summary"]["0,+-1,+-2 [kernel]"], d["summary"][d["recommended"]["name"] + " [primary]"]
+    # subnormal inputs are bounded by an absolute term instead (fpnops/ops/winograd.py)
+    worst = lambda s: max(c["c_tile"] for k, c in s.items() if not k.startswith("denormal"))  # noqa: E731
+    p = sets["0,+-1,+-2"]
+    kernel_ops = 12 * p["kernel_bt_ops"]["total"] + 10 * p["kernel_at_ops"]["total"]
+    r = sets[d["recommended"]["name"]]["per_tile_ops"]
+    flags = ", ".join(d["cpu_flags"])
+    return (f"`{RESULTS}/{name}` (`{d['command']}`), {d['cpu_model']} ({flags}), {d['date'][:10]}: "
+            f"ours has a norm-wise error of {cur['normal C=64']['norm_err']:.2e} at 64 channels and "
+            f"a tile constant c of at most {worst(cur):.1e} over the normal-range cases; "
+            f"{d['recommended']['name'].replace(',', ', ')} has {rec['normal C=64']['norm_err']:.2e} "
+            f"and {worst(rec):.1e}, for {r['input_per_channel'] + r['output_per_channel']} transform "
+            f"operations per tile and channel against our kernel's {kernel_ops} "
+            f"({p['cost']} for our points with shared subexpressions)")
+
+
 def figures(load=load):
     """{block name: its text} from the results files (`load(name)`: a file's dict, or None)."""
     cpu, quick, install_ = load("cpu-2core.json"), load("cpu-2core-quick.json"), load("install-cpu-2core.json")
@@ -294,6 +318,8 @@ def figures(load=load):
         "demo": demo(load("demo-cpu-2core/demo.json"), "demo-cpu-2core"),
         "install": "\n" + install(install_) + "\n",
         "build-one-arch": build_one_arch(install_),
+        "winograd-points": winograd_points(load("winograd-points-xeon-amx.json"),
+                                           "winograd-points-xeon-amx.json"),
     }
 
 
