@@ -44,12 +44,11 @@ def run_cli(*args, cwd, pythonpath=()):
                           cwd=cwd, env=env)
 
 
-def run_generic_cpu(code, cwd):
-    """Run `code` in a fresh interpreter with ATEN_CPU_CAPABILITY=default, so that our CPU ops
-    take their generic (non-AVX2) kernels; fpnops is the one these tests import, and tests/ is on
-    the path (its modules can be imported). cwd: away from the source tree (`python -c` imports
-    from the working directory first). Fails unless it exits 0 after checking that capability
-    and printing "generic ok"."""
+def _run_child(code, cwd, env, check, marker):
+    """Run `check` then `code` in a fresh interpreter, with `env` added to the environment;
+    fpnops is the one these tests import, and tests/ is on the path (its modules can be
+    imported). cwd: away from the source tree (`python -c` imports from the working directory
+    first). Fails unless it exits 0 and prints `marker`."""
     import os
     import pathlib
     import subprocess
@@ -58,12 +57,79 @@ def run_generic_cpu(code, cwd):
     import fpnops
     root = str(pathlib.Path(fpnops.__file__).resolve().parents[1])
     tests = str(pathlib.Path(__file__).resolve().parent)
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default",
+    env = {**os.environ, **env,
            "PYTHONPATH": os.pathsep.join([root, tests, os.environ.get("PYTHONPATH", "")])}
-    check = 'import torch\nassert torch.backends.cpu.get_cpu_capability() == "DEFAULT"\n'
     r = subprocess.run([sys.executable, "-c", check + code], env=env, capture_output=True,
                        text=True, cwd=cwd)
-    assert r.returncode == 0 and "generic ok" in r.stdout, r.stderr[-3000:]
+    assert r.returncode == 0 and marker in r.stdout, r.stderr[-3000:]
+
+
+def run_generic_cpu(code, cwd):
+    """Run `code` in a fresh interpreter with ATEN_CPU_CAPABILITY=default, so that our CPU ops
+    take their generic (non-AVX2) kernels; fpnops is the one these tests import, and tests/ is on
+    the path (its modules can be imported). cwd: away from the source tree (`python -c` imports
+    from the working directory first). Fails unless it exits 0 after checking that capability
+    and printing "generic ok"."""
+    check = 'import torch\nassert torch.backends.cpu.get_cpu_capability() == "DEFAULT"\n'
+    _run_child(code, cwd, {"ATEN_CPU_CAPABILITY": "default"}, check, "generic ok")
+
+
+# The instruction set of an AVX2 CPU (an AMD EPYC, say), for ATen and for oneDNN.
+AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def onednn_isa():
+    """The ISA oneDNN runs with, as its verbose header names it ("Intel AVX2", ...). oneDNN prints
+    that header once per process, with its first verbose line: call this before anything turns
+    oneDNN's verbose mode on."""
+    import ctypes
+    import os
+    import re
+    import sys
+    import tempfile
+
+    import torch
+    one = torch.ones(1, 1, 1, 1)
+    sys.stdout.flush()
+    with tempfile.TemporaryFile() as f:
+        saved = os.dup(1)
+        os.dup2(f.fileno(), 1)  # oneDNN prints with C's stdio, to file descriptor 1
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                torch.ops.mkldnn._convolution_pointwise(one, one, None, [0, 0], [1, 1], [1, 1], 1,
+                                                        "none", [], None)
+        finally:
+            ctypes.CDLL(None).fflush(None)
+            os.dup2(saved, 1)
+            os.close(saved)
+        f.seek(0)
+        found = re.search(r"^onednn_verbose,.*,cpu,isa:(.*)$", f.read().decode(), re.M)
+    return found.group(1).strip() if found else None
+
+
+_AVX2_CHECK = """import torch
+from helpers import onednn_isa
+assert torch.backends.cpu.get_cpu_capability() == "AVX2", torch.backends.cpu.get_cpu_capability()
+isa = onednn_isa()
+assert isa == "Intel AVX2", isa
+assert not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+assert not torch.ops.mkldnn._is_mkldnn_fp16_supported()
+"""
+
+
+def run_avx2_cpu(code, cwd):
+    """Run `code` in a fresh interpreter at AVX2 level (AVX2_ENV: ATen's kernels and oneDNN's
+    capped at AVX2), as on an AVX2-only CPU whatever this one has: eager's own half-precision
+    convolutions, NaN spread and oneDNN's kernel choice are then an AVX2 machine's, and fpnops
+    takes its paths for CPUs without bf16/fp16 instructions. On an AVX2 CPU that is this
+    machine's own level again (it runs, never skips). As run_generic_cpu otherwise: fails unless
+    the child sees that level (ATen's capability, oneDNN's ISA, no oneDNN bf16/fp16) and exits 0
+    after printing "avx2 ok". torch.compile's on-disk cache is the child's own (in cwd):
+    Inductor's cache keys leave out the ISA, and a graph compiled at one level and loaded at the
+    other gives NaN or crashes (torch 2.14)."""
+    import os
+    env = {**AVX2_ENV, "TORCHINDUCTOR_CACHE_DIR": os.path.join(str(cwd), "inductor_cache")}
+    _run_child(code, cwd, env, _AVX2_CHECK, "avx2 ok")
 
 
 # The child side of run_bad_inputs: runs each case, reporting before (so a crash names the case
