@@ -35,6 +35,7 @@ REGENERATE = {
                             "--plot benchmarks/results/cpu-2core-bf16.png"),
     "demo-cpu-2core/demo.json": "fpnops demo --out benchmarks/results/demo-cpu-2core",
     "install-cpu-2core.json": "python benchmarks/install_cost.py --tests --out benchmarks/results/install-cpu-2core.json",
+    "transforms-xeon-amx.json": "python benchmarks/transforms.py --out benchmarks/results/transforms-xeon-amx.json",
     "winograd-points-xeon-amx.json": ("python benchmarks/winograd_points.py "
                                       "--out benchmarks/results/winograd-points-xeon-amx.json"),
 }
@@ -297,6 +298,23 @@ def winograd_points(d, name):
             f"({p['cost']} for our points with shared subexpressions)")
 
 
+def transforms(d, name):
+    """What script, trace and FX cost a fused model (they record the original math)."""
+    if d is None:
+        return not_measured(name, "what scripting, tracing and FX-tracing a fused model cost")
+    rows = {(r["case"], r["impl"]): r for r in d["results"]}
+    parts = []
+    for case in dict.fromkeys(r["case"] for r in d["results"]):
+        cell = lambda impl: rows[(case, impl)]["speedup"]  # noqa: E731
+        parts.append(f"{case.split()[0]}: fused {cell('fpnops'):.2f}x eager, scripted "
+                     f"{cell('script(fpnops)'):.2f}x, traced {cell('trace(fpnops)'):.2f}x, FX "
+                     f"{cell('fx(fpnops)'):.2f}x")
+    m = d["machine"]
+    return (f"`{RESULTS}/{name}` (`{d['command']}`), {m['cpu']} (ATen's {m.get('cpu_capability', '')} "
+            f"kernels, {m.get('cpu_threads', '')} threads), {d['results'][0]['case'].split()[1]}, "
+            f"medians of {d['rounds']} interleaved rounds: " + "; ".join(parts))
+
+
 def figures(load=load):
     """{block name: its text} from the results files (`load(name)`: a file's dict, or None)."""
     cpu, quick, install_ = load("cpu-2core.json"), load("cpu-2core-quick.json"), load("install-cpu-2core.json")
@@ -318,6 +336,7 @@ def figures(load=load):
         "demo": demo(load("demo-cpu-2core/demo.json"), "demo-cpu-2core"),
         "install": "\n" + install(install_) + "\n",
         "build-one-arch": build_one_arch(install_),
+        "transforms": transforms(load("transforms-xeon-amx.json"), "transforms-xeon-amx.json"),
         "winograd-points": winograd_points(load("winograd-points-xeon-amx.json"),
                                            "winograd-points-xeon-amx.json"),
     }

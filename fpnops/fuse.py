@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from fpnops import _backend
 from fpnops.nn import _exact, stem
+from fpnops.nn._cache import CacheOwner
 from fpnops.nn.fpn import FusedFPN, FusedReferenceFPN
 from fpnops.nn.resnet import FusedBasicBlock, FusedBottleneck, FusedConvBNAct
 from fpnops.ops.fold import fold_conv_bn_if_it_fits
@@ -202,7 +203,7 @@ def _fuse_in_place(module, path, options, report: List[FuseEntry], done):
             report.append(FuseEntry(path, original, type(new).__name__, pattern.name))
         elif why is not _NO_RUN:  # a Sequential without conv -> norm is not worth a line
             report.append(FuseEntry(path, original, None, why))
-    elif _looks_like(module) is not None:
+    elif _looks_like(module) is not None and not _is_fused(module):
         base = _looks_like(module).cls().__name__
         report.append(FuseEntry(path, original, None, f"a subclass of {base}: fpnops replaces "
                                 f"{base} itself only (a subclass may compute something else)"))
@@ -214,6 +215,11 @@ def _fuse_in_place(module, path, options, report: List[FuseEntry], done):
         if new is not child:
             setattr(module, name, new)
     return module
+
+
+def _is_fused(module):
+    """fpnops' own fused module (fusing a fused model again leaves it, without a report line)."""
+    return isinstance(module, (CacheOwner, FusedReferenceFPN))
 
 
 _OWN_FORWARD = ("its forward is set on the instance (m.forward = ...): fpnops cannot know what "

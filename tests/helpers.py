@@ -74,6 +74,13 @@ def run_generic_cpu(code, cwd):
     _run_child(code, cwd, {"ATEN_CPU_CAPABILITY": "default"}, check, "generic ok")
 
 
+def run_fresh(code, cwd):
+    """Run `code` in a fresh interpreter (nothing compiled or cached by earlier tests: TorchScript
+    keeps compiled classes per process), tests/ on the path; fails unless it exits 0 and prints
+    "fresh ok"."""
+    _run_child(code, cwd, {}, "", "fresh ok")
+
+
 # The instruction set of an AVX2 CPU (an AMD EPYC, say), for ATen and for oneDNN.
 AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 

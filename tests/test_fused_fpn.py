@@ -367,7 +367,8 @@ def test_packed_convs_after_copies(how):
         return torch.load(buf, weights_only=False)
     copied = {"deepcopy": copy.deepcopy, "pickle": lambda m: pickle.loads(pickle.dumps(m)),
               "torch.save": saved}[how](fused)
-    assert type(copied) is fpnops.FusedFPN and _packed_entries(copied) == 0
+    assert type(copied) is type(fused) and isinstance(copied, fpnops.FusedFPN)
+    assert isinstance(copied, FeaturePyramidNetwork) and _packed_entries(copied) == 0
     with torch.no_grad():
         assert_same_outputs(copied(x), ref(x))
         assert_same_outputs(fused(x), ref(x))

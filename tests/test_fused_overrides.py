@@ -252,10 +252,10 @@ def test_tied_runs_and_fpns_stay_tied(capsys):
     model.p = model.q = _fpn()
     fused = fpnops.fuse(model, verbose=True)
     assert type(fused.a) is FusedConvBNAct and fused.a is fused.b
-    assert type(fused.p) is fpnops.FusedFPN and fused.p is fused.q
+    assert isinstance(fused.p, fpnops.FusedFPN) and fused.p is fused.q
     out = capsys.readouterr().out
     assert "fused       b (Sequential -> FusedConvBNAct)" in out
-    assert "fused       q (FeaturePyramidNetwork -> FusedFPN)" in out
+    assert "fused       q (FeaturePyramidNetwork -> FusedFeaturePyramidNetwork)" in out
 
 
 def test_copies_of_a_fused_model_keep_its_ties():

@@ -6,6 +6,8 @@ with hooks or a forward of its own, or a conv whose padding has no explicit symm
 as it is. `inlinable` is the one rule every fused parent (blocks, Sequential runs, stems, the
 FPN) asks of a child before computing the child's part itself.
 """
+import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.modules.module as _module
 
@@ -23,6 +25,21 @@ def _frozen_bn_class():
     except ImportError:
         return None
     return FrozenBatchNorm2d
+
+
+def recorded(x=None):
+    """Whether this call is being recorded as a graph of ops (torch.jit.trace, FX: symbolic_trace,
+    create_feature_extractor) or run under a torch.func transform (grad, vmap, jacrev): the
+    fused modules then run the original modules' own math, so that the graph holds the model's
+    own convs and BNs (the names feature extraction and FX quantization look for; eager's
+    numbers, eager's speed) and functorch sees only ops it has rules for. Not under
+    torch.compile / torch.export, whose graphs keep the fused path (Inductor folds and packs).
+    x: the call's input, where an FX Proxy may show it before the global flag does."""
+    if torch.compiler.is_compiling():
+        return False
+    return (torch.jit.is_tracing() or isinstance(x, torch.fx.Proxy)
+            or torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+            or torch._C._functorch.peek_interpreter_stack() is not None)
 
 
 def global_hooks():

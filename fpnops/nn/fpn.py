@@ -19,16 +19,19 @@ from fpnops import _backend
 from fpnops._errors import InputError, InputTypeError
 from fpnops.nn import _exact
 from fpnops.nn._cache import SAFE_BOUND, CacheOwner, _amax, _FoldedWeights, _l1
+from fpnops.nn._subclass import fused_class
 from fpnops.ops import winograd
 from fpnops.ops.upsample_add import upsample_add
 from fpnops.ops.upsample_add_checks import check_dense
 from fpnops.reference.fpn import FPN as ReferenceFPN
 
 
-def _top_down(top: Tensor, lateral: Tensor, backend: str, scale_factor: Optional[float] = None) -> Tensor:
-    if top.shape[:2] != lateral.shape[:2] or not _plain_layout(lateral):
-        # eager's add broadcasts (a batch of 1), or raises; or it lays the sum out otherwise
-        # than upsample_add (see _plain_layout): eager's own math
+def _top_down(top: Tensor, lateral: Tensor, backend: str, scale_factor: Optional[float] = None,
+              eager: bool = False) -> Tensor:
+    if eager or top.shape[:2] != lateral.shape[:2] or not _plain_layout(lateral):
+        # eager: asked for (a call being recorded, _exact.recorded); eager's add broadcasts (a
+        # batch of 1), or raises; or it lays the sum out otherwise than upsample_add (see
+        # _plain_layout): eager's own math
         if scale_factor is None:
             return lateral + F.interpolate(top, size=lateral.shape[-2:], mode="nearest")
         return lateral + F.interpolate(top, scale_factor=scale_factor, mode="nearest")
@@ -141,13 +144,14 @@ def _packs(x, conv, backend):
     (eager's output is channels_last then too, and the bits are the same: the same oneDNN
     convolution, without the reorder of the weight at every call)."""
     w = conv.weight
+    if torch.compiler.is_compiling():  # first: what follows would break a fullgraph compile
+        return False
     return (backend in ("auto", "native") and x.device.type == "cpu" and x.dtype == torch.float32
             and x.layout == torch.strided and x.dim() == 4 and x.numel() > 0
             and x.shape[1] == conv.in_channels and x.is_contiguous(memory_format=torch.channels_last)
             and w.dtype == torch.float32 and w.device.type == "cpu"
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
-            and not torch.jit.is_tracing()
+            and not torch.is_autocast_enabled("cpu")
             and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or (
                 conv.bias is not None and conv.bias.requires_grad)))
             and _eager_runs_onednn(x, conv))
@@ -256,7 +260,13 @@ class FusedFPN(CacheOwner, nn.Module):
         if _overrides_fpn(m):
             raise TypeError(f"FusedFPN.from_module: {type(m).__name__} overrides the forward of "
                             f"FeaturePyramidNetwork, which FusedFPN would not compute")
-        fused = cls._from_parts(m.inner_blocks, m.layer_blocks, m.extra_blocks, backend)
+        kind = cls
+        base = getattr(type(m), "_fpnops_base", type(m))
+        if cls is FusedFPN and base is not FusedFPN and _is_torchvision_fpn(m):
+            # an instance of torchvision's class too (fpnops/nn/_subclass.py): isinstance holds,
+            # and torchvision's FX feature extraction keeps it a leaf, as it does the original
+            kind = fused_class(base, cls)
+        fused = kind._from_parts(m.inner_blocks, m.layer_blocks, m.extra_blocks, backend)
         if not exact:
             fused.exact = False
         if not winograd:
@@ -289,24 +299,24 @@ class FusedFPN(CacheOwner, nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
-    def _inner(self, x: Tensor, idx: int) -> Tensor:
+    def _inner(self, x: Tensor, idx: int, recorded: bool = False) -> Tensor:
         """inner_blocks[idx](x) (x itself for idx -1); a loop because TorchScript cannot index
-        a ModuleList by a variable."""
+        a ModuleList by a variable. recorded: the block's own call (see forward)."""
         out = x
         for i, block in enumerate(self.inner_blocks):
             if i == idx:
-                if torch.jit.is_scripting():
+                if torch.jit.is_scripting() or recorded:
                     out = block(x)
                 else:
                     out = self._run_block(block, f"inner_blocks.{i}", x)
         return out
 
-    def _layer(self, x: Tensor, idx: int) -> Tensor:
+    def _layer(self, x: Tensor, idx: int, recorded: bool = False) -> Tensor:
         """layer_blocks[idx](x), as _inner."""
         out = x
         for i, block in enumerate(self.layer_blocks):
             if i == idx:
-                if torch.jit.is_scripting():
+                if torch.jit.is_scripting() or recorded:
                     out = block(x)
                 else:
                     out = self._run_block(block, f"layer_blocks.{i}", x)
@@ -400,23 +410,30 @@ class FusedFPN(CacheOwner, nn.Module):
         return _top_down(top, _packed_conv(x, *packed), self.backend)
 
     def forward(self, x: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        if not torch.jit.is_scripting():  # TorchScript types x itself
-            _check_levels(x, self.inner_blocks)
+        # recorded (jit.trace, FX, torch.func: _exact.recorded): torchvision's own math, every
+        # block called, nothing that looks at values; TorchScript compiles the blocks' calls and
+        # the op (and types x itself)
+        recorded = False
+        if not torch.jit.is_scripting():
+            recorded = _exact.recorded()
+            if not recorded:
+                _check_levels(x, self.inner_blocks)
         names = list(x.keys())
         feats = list(x.values())
         n, blocks = len(feats), len(self.inner_blocks)
         # Coarsest to finest, calling the blocks in torchvision's order (inner and layer of the
         # coarsest, then inner and layer of each finer level) and with its choice of block per
         # level, so hooks see the same sequence and any number of levels computes the same.
-        last_inner = self._inner(feats[n - 1], _block_index(n - 1, n, blocks))
-        results: List[Tensor] = [self._layer(last_inner, _block_index(n - 1, n, blocks))]
+        last_inner = self._inner(feats[n - 1], _block_index(n - 1, n, blocks), recorded)
+        results: List[Tensor] = [self._layer(last_inner, _block_index(n - 1, n, blocks), recorded)]
         for level in range(n - 2, -1, -1):
             idx = _block_index(level, n, blocks)
-            if torch.jit.is_scripting():
-                last_inner = _top_down(last_inner, self._inner(feats[level], idx), self.backend)
+            if torch.jit.is_scripting() or recorded:
+                last_inner = _top_down(last_inner, self._inner(feats[level], idx, recorded),
+                                       self.backend, None, recorded)
             else:
                 last_inner = self._top_down_step(last_inner, feats[level], idx)
-            results.insert(0, self._layer(last_inner, idx))
+            results.insert(0, self._layer(last_inner, idx, recorded))
         if self.extra_blocks is not None:
             results, names = self.extra_blocks(results, feats, names)
         out = OrderedDict([(k, v) for k, v in zip(names, results)])
@@ -465,7 +482,7 @@ class FusedReferenceFPN(ReferenceFPN):
 
     def _up_add(self, top, lateral):
         scale = 2.0 if self.variant == "paper" else None
-        return _top_down(top, lateral, self.backend, scale)
+        return _top_down(top, lateral, self.backend, scale, _exact.recorded())
 
     def forward(self, c2, c3, c4, c5):
         m5 = self.lat5(c5)

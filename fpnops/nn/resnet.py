@@ -21,6 +21,7 @@ from fpnops import _backend
 from fpnops.nn import _exact, _run
 from fpnops.nn._cache import CacheOwner, _FoldedWeights
 from fpnops.nn._chain import fused_chain
+from fpnops.nn._subclass import fused_class
 from fpnops.reference import resnet as _reference
 
 
@@ -41,25 +42,56 @@ class FusedConvBNAct(CacheOwner, nn.Sequential):
 
     @classmethod
     def from_module(cls, m, *, backend="auto", winograd=True):
+        """A FusedConvBNAct with m's children (the same modules) and plain attributes. A
+        Sequential subclass (torchvision's Conv2dNormActivation) gets an instance of a subclass
+        of its own class mixing this one in (fpnops/nn/_subclass.py): isinstance holds, and
+        torchvision's FX feature extraction, which keys on the classes of torchvision.ops,
+        names its nodes as it does the original's."""
         if not isinstance(m, nn.Sequential):
             raise TypeError(f"FusedConvBNAct.from_module: m must be an nn.Sequential of conv, BN "
                             f"(and ReLU), got {type(m).__name__}")
         _exact.check_no_own_forward("FusedConvBNAct.from_module", m)
-        fused = cls(backend=backend, winograd=winograd)
+        base = getattr(type(m), "_fpnops_base", type(m))
+        if base is cls:
+            base = nn.Sequential
+        if not isinstance(m, cls) and _exact.overrides(m, nn.Sequential):
+            raise TypeError(f"FusedConvBNAct.from_module: {type(m).__name__} overrides "
+                            f"nn.Sequential's forward, which FusedConvBNAct would not compute")
+        kind = cls if base is nn.Sequential else fused_class(base, cls)
+        fused = kind.__new__(kind)
+        nn.Sequential.__init__(fused)
+        fused.backend = _backend.check("FusedConvBNAct", backend)
+        fused._fpnops_cache = _FoldedWeights()
+        fused.winograd = winograd
         for name, child in m.named_children():
             fused.add_module(name, child)
+        _copy_attributes(m, fused)  # Conv2dNormActivation's out_channels, ...
         fused.training = m.training  # its own flag only: the children keep theirs (as in eager)
         return fused
 
     def forward(self, x):
+        if torch.jit.is_scripting():  # TorchScript compiles the original math (README)
+            for m in self:
+                x = m(x)
+            return x
+        if _exact.recorded(x):
+            return nn.Sequential.forward(self, x)
         return self._forward_bounded(x, None)[0]
 
+    @torch.jit.unused
     def _forward_bounded(self, x, bound, owned=False):
         return _run.run_bounded(type(self).__name__, self._modules.items(), x, self._fpnops_cache,
                                 self.backend, bound=bound, owned=owned, winograd_ok=self.winograd)
 
     def extra_repr(self):
         return f"backend={self.backend!r}" + ("" if self.winograd else ", winograd=False")
+
+
+def _copy_attributes(m, fused):
+    """m's plain public attributes (stride, out_channels, ...; not nn.Module's own) on `fused`."""
+    for k, v in vars(m).items():
+        if not k.startswith("_") and k != "training" and k not in fused._modules:
+            setattr(fused, k, v)
 
 
 # --- residual blocks -----------------------------------------------------------------------------
@@ -120,9 +152,7 @@ class _FusedBlock(CacheOwner, nn.Module):
         nn.Module.__init__(fused)
         for name, child in m.named_children():
             fused.add_module(name, child)
-        for k, v in vars(m).items():  # plain attributes (stride, ...), not nn.Module's own
-            if not k.startswith("_") and k != "training" and k not in fused._modules:
-                setattr(fused, k, v)
+        _copy_attributes(m, fused)
         if "downsample" not in fused._modules and not hasattr(fused, "downsample"):
             fused.downsample = None
         fused._source = source
@@ -133,8 +163,16 @@ class _FusedBlock(CacheOwner, nn.Module):
         return fused
 
     def forward(self, x):
+        if torch.jit.is_scripting():  # TorchScript compiles the original math (README)
+            return self._scripted(x)
+        if _exact.recorded(x):
+            return self._source.forward(self, x)
         return self._forward_bounded(x, None)[0]
 
+    def _scripted(self, x):
+        raise NotImplementedError  # each block kind: its source's forward, in TorchScript
+
+    @torch.jit.unused
     def _forward_bounded(self, x, bound, owned=False):
         """(forward(x), a bound on |its values| or None, whether the output is fpnops' own
         fresh tensor); `bound`: one on |x|, or None; owned: x is fpnops' own intermediate,
@@ -157,6 +195,7 @@ class _FusedBlock(CacheOwner, nn.Module):
                     return y[0], y[1], y[1] is not None  # a bound: the packed path made y
         return self._source.forward(self, x), None, False
 
+    @torch.jit.unused
     def _plan(self, cache):
         """(steps, residual) for fused_chain (residual _CALL: the downsample runs as a module,
         after the convs), or (None, None) where this call must run the source's forward: a
@@ -213,6 +252,15 @@ class FusedBottleneck(_FusedBlock):
     _source = _reference.Bottleneck
     expansion = 4
 
+    def _scripted(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        return self.relu(out + identity)
+
 
 class FusedBasicBlock(_FusedBlock):
     """ResNet basic block (two 3x3 convs); the residual add and final ReLU in conv2's epilogue."""
@@ -221,6 +269,14 @@ class FusedBasicBlock(_FusedBlock):
     _kind = "BasicBlock"
     _source = _reference.BasicBlock
     expansion = 1
+
+    def _scripted(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        return self.relu(out + identity)
 
 
 _run.BOUNDED.update((FusedConvBNAct, FusedBottleneck, FusedBasicBlock))
