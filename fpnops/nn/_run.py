@@ -91,10 +91,11 @@ def _call_bounded(m, x, bound, owned):
     module whose forward is known to fpnops: a fused block or Sequential is run with `bound` on
     |x| (it then reads x only where that bound proves too loose) and, where x is `owned`, may
     sum its output into x; max pooling and ReLU keep the bound. Only where nothing but m's own
-    forward can run (_exact.inlinable, not traced): then no code in between can see or change
-    x after the bound on it was made, inference tensors included. Anything else: m(x)."""
+    forward can run (_exact.inlinable; a traced call never gets here: the fused forwards run
+    the original math under _exact.recorded): then no code in between can see or change x
+    after the bound on it was made, inference tensors included. Anything else: m(x)."""
     kind = type(m)
-    if not _exact.inlinable(m) or torch.jit.is_tracing():
+    if not _exact.inlinable(m):
         return m(x), None, False
     if kind in BOUNDED:
         return m._forward_bounded(x, bound, owned)
