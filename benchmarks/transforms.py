@@ -45,7 +45,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     rows = []
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # trace's check: the fused rounding against eager's math
+        warnings.simplefilter("ignore")  # torch.jit's deprecation warnings
         for name in ("resnet50", "resnet50_fpn"):
             eager = _model(name)
             fused = fpnops.fuse(eager)

@@ -124,7 +124,7 @@ PATTERNS = [
     Pattern("torchvision Conv2dNormActivation", _tv("torchvision.ops.misc.Conv2dNormActivation"), True,
             _why_not_run,
             lambda m, backend, wino: FusedConvBNAct.from_module(m, backend=backend, winograd=wino)),
-    Pattern("torchvision ResNet stem", _tv("torchvision.models.resnet.ResNet"), True,
+    Pattern("torchvision ResNet (blocks run as one)", _tv("torchvision.models.resnet.ResNet"), True,
             lambda m: _why_not_pairs(m, _STEM),
             lambda m, backend, wino: stem.with_fused_stem(m, stem._FusedTorchvisionResNet, backend, wino)),
     Pattern("torchvision IntermediateLayerGetter stem", _tv("torchvision.models._utils.IntermediateLayerGetter"),

@@ -74,6 +74,14 @@ def assert_same_nonfinite(out, ref):
         torch.testing.assert_close(out[fin].double(), ref[fin].double(), rtol=1e-4, atol=1e-4)
 
 
+def fused_conv_count(model):
+    """How many of `model`'s convs fpnops.fuse(model) runs fused: all, but for torchvision's
+    ResNet classifier, whose stem runs unfused (fpnops/nn/stem.py says why)."""
+    import torchvision
+    n = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    return n - (type(model) is torchvision.models.ResNet)
+
+
 def count_fused_convs(monkeypatch):
     """A list that gets one entry per conv the CPU float32 fused path runs: the prepacked op
     (1), a last conv summed into its residual in place (fpnops/nn/_chain.py: _sum_into; 1), or a

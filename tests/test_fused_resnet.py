@@ -9,7 +9,7 @@ import torch.nn as nn
 import torchvision
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
-from fused_models import count_fused_convs, randomize_bn, rel_err
+from fused_models import count_fused_convs, fused_conv_count, randomize_bn, rel_err
 
 import fpnops
 import fpnops.nn.resnet as fused_resnet
@@ -57,8 +57,8 @@ def test_fuse_resnets_keeps_state_dict_and_matches(ctor, monkeypatch):
     with torch.no_grad():
         ref = [o.double() for o in outputs(copy.deepcopy(model).double()(x.double()))]
         out = outputs(fused(x))
-    n_convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
-    assert len(calls) == n_convs  # every conv (stem, blocks, downsamples) ran fused
+    # every conv (stem, blocks, downsamples) ran fused; a torchvision classifier's stem: unfused
+    assert len(calls) == fused_conv_count(model)
     for o, r in zip(out, ref):
         assert rel_err(o, r) < 1e-5
     # the input model is untouched
@@ -115,11 +115,14 @@ def test_cpu_inference_prepacked_channels_last(monkeypatch):
     first = fused.layer1[0]._fpnops_cache._packed["conv1"]  # by block input; stride 4: all distinct
     assert list(first)[-1] == (1, 64, 17, 22) and len(first) == limit  # most recent kept
 
-    calls.clear()  # autograd on (parameters require grad): the differentiable path, not packed
+    calls.clear()  # autograd on (parameters require grad): the same kernels, differentiable
     x = torch.randn(1, 3, 64, 64, requires_grad=True)
     out = fused(x)
     out["c5"].sum().backward()
-    assert not calls and x.grad is not None and fused.conv1.weight.grad is not None
+    assert len(calls) == n_convs and x.grad is not None and fused.conv1.weight.grad is not None
+    with torch.no_grad():
+        assert torch.equal(out["c5"], fused(x)["c5"])  # the same bits as inference
+    calls.clear()
     with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):  # oneDNN off: ATen's conv
         out = fused(x)
         assert not calls and rel_err(out["c5"], ref64(x.double())["c5"]) < 1e-5

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from fused_models import count_fused_convs, randomize_bn, rel_err
+from fused_models import count_fused_convs, fused_conv_count, randomize_bn, rel_err
 from helpers import LAYOUTS, assert_bad_inputs, make, run_generic_cpu
 
 import fpnops
@@ -273,7 +273,7 @@ def test_fused_resnets_run_winograd_within_tolerance(ctor, monkeypatch):
         out = fused(x)
         out_cl = fused(x.contiguous(memory_format=torch.channels_last))
     assert calls.count("winograd") == 2 * expected
-    assert len(calls) == 2 * sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    assert len(calls) == 2 * fused_conv_count(model)
     # shared/DESIGN.md: far under 1e-4 in float32 for a whole ResNet
     assert rel_err(out, ref) < 1e-5 and rel_err(out_cl, ref) < 1e-5
 

@@ -83,11 +83,16 @@ def _bound(conv, bn, weight, bias):
     or as eager does it (conv, then (y - mean) * invstd * gamma + beta, or y * scale + shift), has
     |value| <= gain * max|x| + offset. NaN or inf where a statistic or weight is not finite."""
     gamma, beta, mean, var, eps = _bn_tensors(bn)
+    return bound_of(conv.weight, conv.bias, gamma, beta, mean, var, eps, weight, bias)
+
+
+def bound_of(conv_weight, conv_bias, gamma, beta, mean, var, eps, weight, bias):
+    """_bound on the tensors themselves: the conv's, the BN's, and their fold (weight, bias)."""
     invstd = torch.rsqrt(var.detach().double() + eps)  # per channel: small
     k = max(1.0, _amax(invstd)) * max(1.0, _amax(gamma))  # >= |scale|, |invstd|, 1
-    gain = max(_l1(weight), _l1(conv.weight) * k)
+    gain = max(_l1(weight), _l1(conv_weight) * k)
     m = _amax(mean)
-    offset = _amax(bias) + (_amax(conv.bias) + m) * k + _amax(beta) + m * k
+    offset = _amax(bias) + (_amax(conv_bias) + m) * k + _amax(beta) + m * k
     return gain, offset
 
 

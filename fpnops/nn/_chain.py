@@ -9,9 +9,9 @@ where a bound on every value proves that no NaN reaches oneDNN's ReLU (it maps N
 import torch
 
 from fpnops._errors import InputError, InputTypeError
-from fpnops.nn._cache import SAFE_BOUND, sources
+from fpnops.nn._cache import SAFE_BOUND, _bound, sources
 from fpnops.ops import winograd
-from fpnops.ops.conv_bn_act import conv_bn_act
+from fpnops.ops.conv_bn_act import conv_bn_act, with_conv_gradients
 from fpnops.ops.conv_bn_act_checks import check_inputs, output_shape
 from fpnops.ops.fold import fold_conv_bn_if_it_fits
 
@@ -34,16 +34,22 @@ def _check_x(who, name, x, conv):
         raise InputTypeError(f"{who}.{name}: x is {x.dtype}, {name}.weight is {w.dtype}")
 
 
-def _packed_applies(x, backend, folds):
-    """CPU float32 inference runs in channels_last on weights oneDNN reordered once per input
-    shape (what Inductor's freezing does): ~1.1-1.2x over reordering activations and weights at
-    every conv. Not under autograd, autocast, or a backend other than native; only where x and
-    every folded weight are float32 on the CPU."""
+def _onednn_f32(x, backend, weights):
+    """CPU float32 without autocast on the native backend, where oneDNN runs: the arithmetic of
+    the packed path (below), whether autograd records the call or not."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and backend in ("auto", "native")
             and x.layout == torch.strided and torch.backends.mkldnn.is_available()
             and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled("cpu")
-            and not (x.requires_grad and torch.is_grad_enabled())
-            and all(f.weight.dtype == torch.float32 and f.weight.device.type == "cpu" for f in folds))
+            and all(w.dtype == torch.float32 and w.device.type == "cpu" for w in weights))
+
+
+def _packed_applies(x, backend, folds):
+    """CPU float32 inference runs in channels_last on weights oneDNN reordered once per input
+    shape (what Inductor's freezing does): ~1.1-1.2x over reordering activations and weights at
+    every conv. Not under autograd (_differentiable_chain computes the same bits there), autocast,
+    or a backend other than native; only where x and every folded weight are float32 on the CPU."""
+    return (not (x.requires_grad and torch.is_grad_enabled())
+            and _onednn_f32(x, backend, [f.weight for f in folds]))
 
 
 def _stand_in(shape, like):
@@ -131,33 +137,55 @@ def fused_chain(who, x, steps, residual, cache, backend, bound=None, owned=False
         folds = [fold_conv_bn_if_it_fits(p.conv, p.bn, traced=cache is None) for p in pairs]
         if any(f is None for f in folds):
             return None
+        consts = None
+        if cache is not None and x.device.type == "cpu":  # the NaN test: CPU, not traced
+            consts = [_bound(p.conv, p.bn, w, b) for p, (w, b) in zip(pairs, folds)]
     else:
-        folds = [cache.folded(p, ts) for p, ts in zip(pairs, tensors)]
-        if any(f.weight is None for f in folds):
+        cached = [cache.folded(p, ts) for p, ts in zip(pairs, tensors)]
+        if any(f.weight is None for f in cached):
             return None
-        if _packed_applies(x, backend, folds):
-            return _packed_chain(who, x, steps, residual, folds, cache, bound, owned, winograd_ok)
-        folds = [(f.weight, f.bias) for f in folds]
+        if _packed_applies(x, backend, cached):
+            return _packed_chain(who, x, steps, residual, cached, cache, bound, owned, winograd_ok)
+        folds = [(f.weight, f.bias) for f in cached]
+        consts = [(f.gain, f.offset) for f in cached]
+    return unpacked_chain(who, x, steps, residual, folds, consts, backend, winograd_ok)
+
+
+def unpacked_chain(who, x, steps, residual, folds, consts, backend, winograd_ok=True):
+    """fused_chain on (weight, bias) folds, nothing packed. CPU float32 (autocast off, native):
+    _differentiable_chain, the packed path's bits, or None (no NaN proof); elsewhere, or consts
+    None (traced: no test on values can run), the public conv_bn_act conv by conv. steps and
+    residual's pairs need only .args."""
+    if consts is not None and _onednn_f32(x, backend, [w for w, _ in folds]):
+        return _differentiable_chain(who, x, steps, residual, folds, consts, winograd_ok)
+    return _each_conv(who, x, steps, residual, folds,
+                      lambda *a: _op(*a, backend)), None
+
+
+def _each_conv(who, x, steps, residual, folds, conv):
+    """The chain conv by conv: conv(who.name, x, weight, bias, args, residual, relu) per step,
+    the residual conv's first (on x), the last step adding the residual."""
     res = x if residual == "x" else None
     if isinstance(residual, tuple):
         rname, rpair = residual
-        res = _op(f"{who}.{rname}", x, *folds[-1], rpair.args, None, False, backend)
+        res = conv(f"{who}.{rname}", x, *folds[-1], rpair.args, None, False)
     for i, (name, pair, relu) in enumerate(steps):
         last = i == len(steps) - 1
-        x = _op(f"{who}.{name}", x, *folds[i], pair.args, res if last else None, relu, backend)
-    return x, None
+        x = conv(f"{who}.{name}", x, *folds[i], pair.args, res if last else None, relu)
+    return x
 
 
-def _chain_bound(bound, residual, folds, n):
+def _chain_bound(bound, residual, consts, n):
     """A bound on |values| of every step of a chain of n convs on an input bounded by `bound`,
-    and on its output; None where one reaches SAFE_BOUND (or bound is NaN or inf)."""
+    and on its output; None where one reaches SAFE_BOUND (or bound is NaN or inf). consts: each
+    fold's (gain, offset) (_cache._bound), in steps order, then the residual conv's."""
     res_bound = bound
     if isinstance(residual, tuple):
-        res_bound = bound * folds[-1].gain + folds[-1].offset
+        res_bound = bound * consts[-1][0] + consts[-1][1]
     elif residual is None:
         res_bound = 0.0
     for i in range(n):
-        bound = bound * folds[i].gain + folds[i].offset
+        bound = bound * consts[i][0] + consts[i][1]
         if not (bound < SAFE_BOUND and res_bound < SAFE_BOUND):
             return None
     out = bound + res_bound
@@ -170,9 +198,10 @@ def _packed_chain(who, x, steps, residual, folds, cache, bound, owned, winograd_
     # input bound that is not finite, or one that grows too large, runs the original math.
     # `bound`: one on |x| the caller knows (the output bound of the fused call that made x,
     # nothing run in between): no read of x; where it proves too loose, x is read after all.
-    out_bound = None if bound is None else _chain_bound(bound, residual, folds, len(steps))
+    consts = [(f.gain, f.offset) for f in folds]
+    out_bound = None if bound is None else _chain_bound(bound, residual, consts, len(steps))
     if out_bound is None:
-        out_bound = _chain_bound(torch.ops.fpnops.max_abs(x), residual, folds, len(steps))
+        out_bound = _chain_bound(torch.ops.fpnops.max_abs(x), residual, consts, len(steps))
         if out_bound is None:
             return None
     shape = tuple(x.shape)
@@ -192,6 +221,35 @@ def _packed_chain(who, x, steps, residual, folds, cache, bound, owned, winograd_
     if into is not None and packs[last].is_mkldnn:
         return _sum_into(into, y, packs[last], folds[last].bias, pair.args, relu), out_bound
     return _run_packed(y, packs[last], folds[last].bias, pair.args, res, relu), out_bound
+
+
+def _differentiable_chain(who, x, steps, residual, folds, consts, winograd_ok):
+    """_packed_chain's arithmetic where autograd records the call (fine-tuning with frozen BN,
+    an input that requires grad): the same NaN test, channels_last, Winograd where the packed
+    path takes it, the same kernels on weights reordered (or transformed) at this call, with the
+    convs' gradients: the same bits as _packed_chain, so a fused model's numbers do not depend
+    on grad mode, as eager's do not. folds: (weight, bias) pairs; consts: their (gain, offset)."""
+    out_bound = _chain_bound(torch.ops.fpnops.max_abs(x.detach()), residual, consts, len(steps))
+    if out_bound is None:
+        return None  # no proof that no NaN reaches oneDNN's ReLU: the original math
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = _each_conv(who, x, steps, residual, folds, lambda *a: _step(*a, winograd_ok))
+    return y, None  # no bound handed on: the next call must not write into x (autograd holds it)
+
+
+def _step(who, x, weight, bias, args, residual, relu, winograd_ok):
+    """One conv of _differentiable_chain: what _reorder and _run_packed run, the weight
+    transformed or reordered at this call, with the conv's gradients."""
+    stride, padding, dilation, groups = args
+    check_inputs(x, weight, bias, stride, padding, dilation, groups, residual, who=who)
+    if winograd_ok and winograd.applies(tuple(x.shape), weight, args):
+        return winograd.conv3x3_winograd_differentiable(x, weight, bias, residual, relu)
+
+    def run():
+        packed = torch.ops.mkldnn._reorder_convolution_weight(
+            weight.detach(), list(padding), list(stride), list(dilation), groups, list(x.shape))
+        return torch.ops.fpnops.conv_bn_act_cpu_prepacked(x, packed, bias, *args, residual, relu)
+    return with_conv_gradients(run, x, weight, bias, residual, relu, args)
 
 
 def _sum_into(into, x, packed, bias, args, relu):

@@ -27,19 +27,25 @@ def _frozen_bn_class():
     return FrozenBatchNorm2d
 
 
-def recorded(x=None):
-    """Whether this call is being recorded as a graph of ops (torch.jit.trace, FX: symbolic_trace,
-    create_feature_extractor) or run under a torch.func transform (grad, vmap, jacrev): the
-    fused modules then run the original modules' own math, so that the graph holds the model's
-    own convs and BNs (the names feature extraction and FX quantization look for; eager's
-    numbers, eager's speed) and functorch sees only ops it has rules for. Not under
-    torch.compile / torch.export, whose graphs keep the fused path (Inductor folds and packs).
-    x: the call's input, where an FX Proxy may show it before the global flag does."""
+def in_graph(x=None):
+    """Whether this call is being recorded as a graph of ops: torch.jit.trace, or FX symbolic
+    tracing (symbolic_trace, create_feature_extractor). The fused modules then record
+    fpnops::fused_chain (fpnops/nn/_graph.py), one node per fused chain, so that the graph
+    computes the fused model's numbers. Not under torch.compile / torch.export, whose graphs
+    take the fused path itself (Inductor folds and packs). x: the call's input, where an FX
+    Proxy may show it before the global flag does."""
     if torch.compiler.is_compiling():
         return False
     return (torch.jit.is_tracing() or isinstance(x, torch.fx.Proxy)
-            or torch.fx._symbolic_trace.is_fx_symbolic_tracing()
-            or torch._C._functorch.peek_interpreter_stack() is not None)
+            or torch.fx._symbolic_trace.is_fx_symbolic_tracing())
+
+
+def recorded(x=None):
+    """in_graph, or a torch.func transform (grad, vmap, jacrev) runs: there the fused modules run
+    the original modules' own math, ops functorch has rules for (vmap has none for fpnops')."""
+    if torch.compiler.is_compiling():
+        return False
+    return in_graph(x) or torch._C._functorch.peek_interpreter_stack() is not None
 
 
 def global_hooks():
@@ -63,6 +69,11 @@ def inlinable(m):
     A child that fails this is called through its own forward, at eager's position."""
     return not (has_hooks(m) or "forward" in m.__dict__
                 or getattr(m, "_compiled_call_impl", None) is not None or global_hooks())
+
+
+def has_running_stats(bn):
+    """Whether a BN has both running statistics (FrozenBatchNorm2d always has)."""
+    return not isinstance(bn, _BN) or (bn.running_mean is not None and bn.running_var is not None)
 
 
 def uses_batch_stats(bn):

@@ -10,7 +10,7 @@ modules' own forwards run in between: every module it does not call must pass _e
 import torch
 import torch.nn as nn
 
-from fpnops.nn import _exact
+from fpnops.nn import _exact, _graph
 from fpnops.nn._cache import _Pair
 from fpnops.nn._chain import fused_chain
 
@@ -29,9 +29,10 @@ def drop(cache):
         cache.clear()
 
 
-def _run_at(mods, i, keep, cache):
+def _run_at(mods, i, keep, cache, live_ok=False):
     """(steps, length) of the conv -> BN (-> ReLU) run that may run fused at mods[i] now, or
-    (None, 1). A run ends at a module whose output is asked for (keep)."""
+    (None, 1). A run ends at a module whose output is asked for (keep). live_ok: a BN in
+    training mode is no reason (TorchScript reads its mode at each call)."""
     name, conv = mods[i]
     if not isinstance(conv, nn.Conv2d) or name in keep or i + 1 >= len(mods):
         return None, 1
@@ -39,7 +40,7 @@ def _run_at(mods, i, keep, cache):
     p = pair(cache, name, conv, bn)
     if p.reason is not None or not (_exact.inlinable(conv) and _exact.inlinable(bn)):
         return None, 1
-    if _exact.uses_batch_stats(bn):
+    if _exact.uses_batch_stats(bn) and not (live_ok and _exact.has_running_stats(bn)):
         drop(cache)  # a training-mode forward changes the running statistics
         return None, 1
     relu = (i + 2 < len(mods) and bn_name not in keep and _exact.is_plain_relu(mods[i + 2][1])
@@ -86,13 +87,36 @@ def run_bounded(who, named_modules, x, cache, backend, on_output=None, keep=(), 
     return x, bound, owned
 
 
+def graph_run(who, named_modules, x, backend, on_output=None, keep=(), winograd_ok=True):
+    """run_folding where the call is recorded as a graph (_exact.in_graph): each run that may run
+    fused one fpnops::fused_chain node (_graph.py), every other module called (a fused block
+    records its own). The runs are decided when the graph is recorded (a BN in training mode
+    then: the original modules)."""
+    mods = list(named_modules)
+    everywhere = _exact.global_hooks()
+    i = 0
+    while i < len(mods):
+        steps, n = (None, 1) if everywhere else _run_at(mods, i, keep, None)
+        if steps is not None:
+            (name, p, relu), = steps
+            x = _graph.call(x, [p.conv], [p.bn], [relu], _graph.NONE, winograd_ok, backend, who,
+                            [name])
+        else:
+            for _, m in mods[i:i + n]:
+                x = m(x)
+        i += n
+        if on_output is not None:
+            on_output(mods[i - 1][0], x)
+    return x
+
+
 def _call_bounded(m, x, bound, owned):
     """(m(x), a bound on its |values| or None, whether it is fpnops' own intermediate) for a
     module whose forward is known to fpnops: a fused block or Sequential is run with `bound` on
     |x| (it then reads x only where that bound proves too loose) and, where x is `owned`, may
     sum its output into x; max pooling and ReLU keep the bound. Only where nothing but m's own
-    forward can run (_exact.inlinable; a traced call never gets here: the fused forwards run
-    the original math under _exact.recorded): then no code in between can see or change x
+    forward can run (_exact.inlinable; a traced call never gets here: the fused forwards record
+    their graphs under _exact.recorded): then no code in between can see or change x
     after the bound on it was made, inference tensors included. Anything else: m(x)."""
     kind = type(m)
     if not _exact.inlinable(m):

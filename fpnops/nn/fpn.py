@@ -17,7 +17,7 @@ from torch import Tensor
 
 from fpnops import _backend
 from fpnops._errors import InputError, InputTypeError
-from fpnops.nn import _exact
+from fpnops.nn import _exact, _graph
 from fpnops.nn._cache import SAFE_BOUND, CacheOwner, _amax, _FoldedWeights, _l1
 from fpnops.nn._subclass import fused_class
 from fpnops.ops import winograd
@@ -146,30 +146,72 @@ def _packs(x, conv, backend):
     w = conv.weight
     if torch.compiler.is_compiling():  # first: what follows would break a fullgraph compile
         return False
+    return (_onednn_input(x, w, conv.bias, _conv_args(conv), backend)
+            and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or (
+                conv.bias is not None and conv.bias.requires_grad))))
+
+
+def _conv_args(conv):
+    return (tuple(conv.stride), _exact.conv_padding(conv), tuple(conv.dilation), conv.groups)
+
+
+def _onednn_input(x, w, bias, args, backend):
+    """_packs but for autograd: CPU float32 (no autocast) on a channels_last x that eager's conv
+    runs on oneDNN in channels_last. Where a fused FPN's 3x3 conv may run as Winograd, whether
+    autograd records the call or not (the same bits either way)."""
     return (backend in ("auto", "native") and x.device.type == "cpu" and x.dtype == torch.float32
             and x.layout == torch.strided and x.dim() == 4 and x.numel() > 0
-            and x.shape[1] == conv.in_channels and x.is_contiguous(memory_format=torch.channels_last)
+            and x.shape[1] == w.shape[1] * args[3] and x.is_contiguous(memory_format=torch.channels_last)
             and w.dtype == torch.float32 and w.device.type == "cpu"
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-            and not torch.is_autocast_enabled("cpu")
-            and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or (
-                conv.bias is not None and conv.bias.requires_grad)))
-            and _eager_runs_onednn(x, conv))
+            and not torch.is_autocast_enabled("cpu") and _eager_runs_onednn(x, w, bias, args))
 
 
-def _eager_runs_onednn(x, conv):
+def _eager_runs_onednn(x, weight, bias, args):
     """Whether eager's conv2d runs this conv on oneDNN in channels_last, as ATen decides it (its
     own selectors): for small maps it may take another path (its slow 2-D conv for a 1x1 conv,
     say), and a 1x1 map, channels_last and contiguous at once, it runs in NCHW: either way its
     sums are ordered otherwise, and the bits would differ."""
-    padding = _exact.conv_padding(conv)
+    stride, padding, dilation, groups = args
     if padding is None:
         return False
     backend = torch._C._select_conv_backend(
-        x, conv.weight, conv.bias, list(conv.stride), list(padding), list(conv.dilation), False,
-        [0, 0], conv.groups, None)
+        x, weight, bias, list(stride), list(padding), list(dilation), False, [0, 0], groups, None)
     return (backend == torch._C._ConvBackend.Mkldnn and torch._C._conv_determine_backend_memory_format(
-        x, conv.weight, backend) == torch.channels_last)
+        x, weight, backend) == torch.channels_last)
+
+
+def _winograd_bound_holds(x, gain, offset):
+    """The NaN test of a Winograd conv: max|x| * the weight's gain + max|bias| under SAFE_BOUND
+    (an inf would make NaNs around it in the transforms, where eager's conv gives inf)."""
+    return torch.ops.fpnops.max_abs(x.detach()) * gain + offset < SAFE_BOUND  # NaN: not below
+
+
+_lib = torch.library.Library("fpnops", "FRAGMENT")
+_lib.define("fpn_conv(Tensor x, Tensor weight, Tensor? bias, int[] geometry, str backend) -> Tensor")
+
+
+@torch.library.impl(_lib, "fpn_conv", "CompositeImplicitAutograd")
+def _fpn_conv(x, weight, bias, geometry, backend):
+    """A FusedFPN's output conv (exact=False, winograd) where a graph records it (TorchScript,
+    FX, jit.trace; fpnops/nn/_graph.py says why): what _run_block computes, Winograd where it
+    takes it (the transformed weight kept by _graph.kept), else eager's conv; differentiable."""
+    args = (tuple(geometry[0:2]), tuple(geometry[2:4]), tuple(geometry[4:6]), geometry[6])
+    if not (_onednn_input(x, weight, bias, args, backend) and winograd.applies(x.shape, weight, args)):
+        return F.conv2d(x, weight, bias, *args)
+    sources = [weight] + ([] if bias is None else [bias])
+    packed, gain, offset = _graph.kept(sources, "fpn_conv", lambda: (
+        winograd.winograd_weight(weight), _l1(weight), 0.0 if bias is None else _amax(bias)))
+    if not _winograd_bound_holds(x, gain, offset):
+        return F.conv2d(x, weight, bias, *args)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in [x] + sources):
+        return winograd.conv3x3_winograd_differentiable(x, weight, bias, None, False)
+    return torch.ops.fpnops.conv3x3_winograd(x, packed, bias, None, False)
+
+
+def _geometry(conv):
+    stride, padding, dilation, groups = _conv_args(conv)
+    return [*stride, *padding, *dilation, groups]
 
 
 def _packed_conv(x, conv, weight, args):
@@ -316,8 +358,24 @@ class FusedFPN(CacheOwner, nn.Module):
         out = x
         for i, block in enumerate(self.layer_blocks):
             if i == idx:
-                if torch.jit.is_scripting() or recorded:
-                    out = block(x)
+                if torch.jit.is_scripting():  # fpnops::fpn_conv where __prepare_scriptable__
+                    # found a plain conv that _run_block may run as Winograd; else the block
+                    if hasattr(self, "_fpnops_fpn_conv") and hasattr(block, "weight"):
+                        if self._fpnops_fpn_conv[i] == 1:  # the conv itself
+                            out = torch.ops.fpnops.fpn_conv(x, block.weight, block.bias,
+                                                            self._fpnops_geometry[i], self.backend)
+                        else:
+                            out = block(x)
+                    elif hasattr(self, "_fpnops_fpn_conv"):
+                        if self._fpnops_fpn_conv[i] == 1:  # Conv2dNormActivation holding it
+                            out = torch.ops.fpnops.fpn_conv(x, block[0].weight, block[0].bias,
+                                                            self._fpnops_geometry[i], self.backend)
+                        else:
+                            out = block(x)
+                    else:
+                        out = block(x)
+                elif recorded:
+                    out = self._graph_layer(block, x)
                 else:
                     out = self._run_block(block, f"layer_blocks.{i}", x)
         return out
@@ -351,21 +409,24 @@ class FusedFPN(CacheOwner, nn.Module):
         with exact=False (and winograd), as Winograd where _winograd takes it (then no oneDNN
         weight is made)."""
         conv = _plain_conv(block)
-        if conv is None or not _packs(x, conv, self.backend):
+        if conv is None:
             return block(x)
-        if not self.exact and self.winograd:
+        if (not self.exact and self.winograd and not torch.compiler.is_compiling()
+                and _onednn_input(x, conv.weight, conv.bias, _conv_args(conv), self.backend)):
             y = self._winograd(conv, name, x)
             if y is not None:
                 return y
+        if not _packs(x, conv, self.backend):
+            return block(x)
         return _packed_conv(x, *self._packed_weight(conv, name, x))
 
     @torch.jit.unused
     def _winograd(self, conv: nn.Conv2d, name: str, x: Tensor) -> Optional[Tensor]:
-        """conv(x), for a conv _packs has accepted, as Winograd F(4x4, 3x3)
+        """conv(x), for a conv _onednn_input has accepted, as Winograd F(4x4, 3x3)
         (fpnops/ops/winograd.py) where its rule applies and x is proven finite with no overflow
-        possible (max|x| * the weight's gain + max|bias| under SAFE_BOUND, as the fused blocks
-        prove theirs: an inf would make NaNs around it in the transforms, where eager's conv
-        gives inf); else None."""
+        possible (_winograd_bound_holds, as the fused blocks prove theirs); else None. Under
+        autograd the same bits, differentiable (a fused model's numbers do not depend on grad
+        mode)."""
         p = self._fpnops_cache.plain(name, conv)
         if not winograd.applies(x.shape, conv.weight, p.args):
             return None
@@ -373,9 +434,31 @@ class FusedFPN(CacheOwner, nn.Module):
             name + ":winograd", tuple(x.shape), (p,), lambda: (
                 winograd.winograd_weight(conv.weight), _l1(conv.weight),
                 0.0 if conv.bias is None else _amax(conv.bias)))
-        if not torch.ops.fpnops.max_abs(x) * gain + offset < SAFE_BOUND:  # NaN: not below
+        if not _winograd_bound_holds(x, gain, offset):
             return None
+        if torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad or (
+                conv.bias is not None and conv.bias.requires_grad)):
+            return winograd.conv3x3_winograd_differentiable(x, conv.weight, conv.bias, None, False)
         return torch.ops.fpnops.conv3x3_winograd(x, weight, conv.bias, None, False)
+
+    @torch.jit.unused
+    def _graph_layer(self, block: nn.Module, x: Tensor) -> Tensor:
+        """layer block(x) where a graph records the call (FX, jit.trace): fpnops::fpn_conv where
+        _run_block may run it as Winograd, else the block called."""
+        conv = _plain_conv(block)
+        if conv is None or self.exact or not self.winograd or not _exact.in_graph():
+            return block(x)  # (torch.func: the original math; vmap has no rules for the op)
+        return torch.ops.fpnops.fpn_conv(x, conv.weight, conv.bias, _geometry(conv), self.backend)
+
+    @torch.jit.unused
+    def __prepare_scriptable__(self):
+        """torch.jit.script calls this first: which output convs the TorchScript forward runs
+        as fpnops::fpn_conv (_run_block's Winograd choice, made at each call)."""
+        plain = [_plain_conv(b) for b in self.layer_blocks]
+        wino = not self.exact and self.winograd
+        self._fpnops_fpn_conv = [int(wino and c is not None) for c in plain]
+        self._fpnops_geometry = [_geometry(c) if c is not None else [0] * 7 for c in plain]
+        return self
 
     @torch.jit.unused
     def _top_down_step(self, top: Tensor, x: Tensor, idx: int) -> Tensor:

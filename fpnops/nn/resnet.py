@@ -14,11 +14,14 @@ inf into oneDNN's ReLU), the original module's own forward runs.
 Folded weights are cached (fpnops/nn/_cache.py, the contract in the README); when autograd needs
 the weights' gradients (fine-tuning with frozen BN) they are folded afresh every call.
 """
+from typing import List, Optional
+
 import torch
 import torch.nn as nn
+from torch import Tensor
 
 from fpnops import _backend
-from fpnops.nn import _exact, _run
+from fpnops.nn import _exact, _graph, _run
 from fpnops.nn._cache import CacheOwner, _FoldedWeights
 from fpnops.nn._chain import fused_chain
 from fpnops.nn._subclass import fused_class
@@ -70,13 +73,47 @@ class FusedConvBNAct(CacheOwner, nn.Sequential):
         return fused
 
     def forward(self, x):
-        if torch.jit.is_scripting():  # TorchScript compiles the original math (README)
-            for m in self:
-                x = m(x)
-            return x
+        if torch.jit.is_scripting():
+            return self._scripted(x)
+        if _exact.in_graph(x):
+            return _run.graph_run(type(self).__name__, self._modules.items(), x, self.backend,
+                                  winograd_ok=self.winograd)
         if _exact.recorded(x):
             return nn.Sequential.forward(self, x)
         return self._forward_bounded(x, None)[0]
+
+    def _scripted(self, x):
+        """TorchScript: a leading conv -> BN (-> ReLU) as one fpnops::fused_chain, where
+        __prepare_scriptable__ found it may and the BN is not in training mode now (later runs:
+        the original math), then the other children as nn.Sequential runs them."""
+        start = 0
+        if hasattr(self, "_fpnops_script"):
+            if not _graph.any_live([self[1].training], self._fpnops_frozen):
+                slots: List[Optional[Tensor]] = [self[0].weight, self[0].bias, self[1].weight,
+                                                 self[1].bias, self[1].running_mean,
+                                                 self[1].running_var]
+                x = _graph.script_call(x, slots, [self[1].eps], self._fpnops_frozen,
+                                       self._fpnops_geometry, self._fpnops_relus, _graph.NONE,
+                                       self._fpnops_winograd, self.backend, self._fpnops_who,
+                                       self._fpnops_names)
+                start = 2 + self._fpnops_relus[0]
+        i = 0
+        for m in self:
+            if i >= start:
+                x = m(x)
+            i += 1
+        return x
+
+    @torch.jit.unused
+    def __prepare_scriptable__(self):
+        """torch.jit.script calls this first: whether the TorchScript forward runs the leading
+        conv -> BN (-> ReLU) fused (_graph.py); the BN's mode is read at each call."""
+        self.__dict__.pop("_fpnops_script", None)
+        steps, _ = _run._run_at(list(self._modules.items()), 0, (), None, live_ok=True)
+        if steps is not None:
+            (name, p, relu), = steps
+            _graph.script_plan(self, [(p.conv, p.bn)], [relu], _graph.NONE, [name])
+        return self
 
     @torch.jit.unused
     def _forward_bounded(self, x, bound, owned=False):
@@ -163,14 +200,90 @@ class _FusedBlock(CacheOwner, nn.Module):
         return fused
 
     def forward(self, x):
-        if torch.jit.is_scripting():  # TorchScript compiles the original math (README)
+        if torch.jit.is_scripting():  # one fpnops::fused_chain (_script_fused), or the source's
             return self._scripted(x)
+        if _exact.in_graph(x):
+            return self._graph_forward(x)
         if _exact.recorded(x):
             return self._source.forward(self, x)
         return self._forward_bounded(x, None)[0]
 
+    @torch.jit.unused
+    def _graph_plan(self, live_ok=False):
+        """(pairs [(conv, bn)], relus, residual kind, names) of fpnops::fused_chain for the fused
+        path _forward_bounded takes (_graph.CALL: the downsample runs as a module after the
+        chain), or None (the source's forward)."""
+        steps, residual = self._plan(None, live_ok=live_ok)
+        if steps is None:
+            return None
+        pairs = [(p.conv, p.bn) for _, p, _ in steps]
+        relus = [r for _, _, r in steps]
+        names = [n for n, _, _ in steps]
+        kind = _graph.IDENTITY
+        if residual is _CALL:
+            kind, relus = _graph.CALL, relus[:-1] + [False]
+        elif isinstance(residual, tuple):
+            kind = _graph.DOWNSAMPLE
+            pairs.append((residual[1].conv, residual[1].bn))
+            names.append(residual[0])
+        return pairs, relus, kind, names
+
+    @torch.jit.unused
+    def _graph_forward(self, x):
+        """forward where the call is recorded as a graph (_exact.in_graph): one
+        fpnops::fused_chain node (_graph.py), decided when the graph is recorded."""
+        plan = self._graph_plan()
+        if plan is None:
+            return self._source.forward(self, x)
+        pairs, relus, kind, names = plan
+        y = _graph.call(x, [c for c, _ in pairs], [b for _, b in pairs], relus,
+                        _graph.NONE if kind == _graph.CALL else kind, self.winograd, self.backend,
+                        type(self).__name__, names)
+        if kind == _graph.CALL:  # eager's order: the convs, then the downsample's own forward
+            return torch.relu(y + self.downsample(x))
+        return y
+
     def _scripted(self, x):
-        raise NotImplementedError  # each block kind: its source's forward, in TorchScript
+        raise NotImplementedError  # each block kind: _script_fused, else its source's forward
+
+    def _script_fused(self, x: Tensor, slots: List[Optional[Tensor]], training: List[bool],
+                      eps: List[float]) -> Optional[Tensor]:
+        """TorchScript: the fused path as one fpnops::fused_chain (_graph.py), as fixed when
+        the block was scripted (__prepare_scriptable__), or None where the original math runs
+        (no fused path, or a BN in training mode now). slots, training, eps: the block's own
+        pairs' (6 tensors per pair, as _graph.script_call)."""
+        if not hasattr(self, "_fpnops_script"):
+            return None
+        if hasattr(self, "_fpnops_ds"):  # the folded downsample, Sequential(conv, BN)
+            slots = slots + [self.downsample[0].weight, self.downsample[0].bias,
+                             self.downsample[1].weight, self.downsample[1].bias,
+                             self.downsample[1].running_mean, self.downsample[1].running_var]
+            training = training + [self.downsample[1].training]
+            eps = eps + [self.downsample[1].eps]
+        if _graph.any_live(training, self._fpnops_frozen):
+            return None
+        kind = self._fpnops_script
+        y = _graph.script_call(x, slots, eps, self._fpnops_frozen, self._fpnops_geometry,
+                               self._fpnops_relus, _graph.NONE if kind == _graph.CALL else kind,
+                               self._fpnops_winograd, self.backend, self._fpnops_who,
+                               self._fpnops_names)
+        if kind == _graph.CALL and self.downsample is not None:
+            return self.relu(y + self.downsample(x))
+        return y
+
+    @torch.jit.unused
+    def __prepare_scriptable__(self):
+        """torch.jit.script calls this first: fix the fused path the TorchScript forward takes
+        (_plan's, whatever mode the BNs are in now: their training flags are read at each call)."""
+        for a in ("_fpnops_script", "_fpnops_ds"):
+            self.__dict__.pop(a, None)
+        plan = self._graph_plan(live_ok=True)
+        if plan is not None:
+            pairs, relus, kind, names = plan
+            if kind == _graph.DOWNSAMPLE:
+                self._fpnops_ds = True
+            _graph.script_plan(self, pairs, relus, kind, names)
+        return self
 
     @torch.jit.unused
     def _forward_bounded(self, x, bound, owned=False):
@@ -196,11 +309,12 @@ class _FusedBlock(CacheOwner, nn.Module):
         return self._source.forward(self, x), None, False
 
     @torch.jit.unused
-    def _plan(self, cache):
+    def _plan(self, cache, live_ok=False):
         """(steps, residual) for fused_chain (residual _CALL: the downsample runs as a module,
         after the convs), or (None, None) where this call must run the source's forward: a
         conv, BN or the ReLU the fused path may not stand in for (_exact), or batch statistics
-        (then the cache is dropped: they change)."""
+        (then the cache is dropped: they change). live_ok: batch statistics are no reason
+        (TorchScript reads the BNs' modes at each call); a BN without running statistics is."""
         if _exact.global_hooks():
             return None, None
         mods = self._modules
@@ -220,8 +334,9 @@ class _FusedBlock(CacheOwner, nn.Module):
         if ds is not None:
             residual = self._downsample(cache, ds, bns)
         if any(_exact.uses_batch_stats(bn) for bn in bns):
-            _run.drop(cache)
-            return None, None
+            if not (live_ok and all(_exact.has_running_stats(bn) for bn in bns)):
+                _run.drop(cache)
+                return None, None
         return steps, residual
 
     @staticmethod
@@ -253,6 +368,17 @@ class FusedBottleneck(_FusedBlock):
     expansion = 4
 
     def _scripted(self, x):
+        slots: List[Optional[Tensor]] = [
+            self.conv1.weight, self.conv1.bias, self.bn1.weight, self.bn1.bias,
+            self.bn1.running_mean, self.bn1.running_var,
+            self.conv2.weight, self.conv2.bias, self.bn2.weight, self.bn2.bias,
+            self.bn2.running_mean, self.bn2.running_var,
+            self.conv3.weight, self.conv3.bias, self.bn3.weight, self.bn3.bias,
+            self.bn3.running_mean, self.bn3.running_var]
+        y = self._script_fused(x, slots, [self.bn1.training, self.bn2.training, self.bn3.training],
+                               [self.bn1.eps, self.bn2.eps, self.bn3.eps])
+        if y is not None:
+            return y
         identity = x
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
@@ -271,6 +397,15 @@ class FusedBasicBlock(_FusedBlock):
     expansion = 1
 
     def _scripted(self, x):
+        slots: List[Optional[Tensor]] = [
+            self.conv1.weight, self.conv1.bias, self.bn1.weight, self.bn1.bias,
+            self.bn1.running_mean, self.bn1.running_var,
+            self.conv2.weight, self.conv2.bias, self.bn2.weight, self.bn2.bias,
+            self.bn2.running_mean, self.bn2.running_var]
+        y = self._script_fused(x, slots, [self.bn1.training, self.bn2.training],
+                               [self.bn1.eps, self.bn2.eps])
+        if y is not None:
+            return y
         identity = x
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))

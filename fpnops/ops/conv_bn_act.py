@@ -111,6 +111,18 @@ def _conv_bn_act_fake(x, weight, bias, stride, padding, dilation, groups, residu
     return _empty_output(x, weight, stride, padding, dilation)
 
 
+def _conv_act_grads(ctx, grad, needs):
+    """(d x, d w, d b, d residual) of relu?(conv(x, w, b) + r) from ctx (saved x, weight and the
+    output where relu; conv, relu, has_bias, has_residual); needs: whether x, w, b want theirs."""
+    x, weight, out = ctx.saved_tensors
+    stride, padding, dilation, groups = ctx.conv
+    g = grad * (out > 0) if ctx.relu else grad
+    gx, gw, gb = torch.ops.aten.convolution_backward(
+        g, x, weight, [weight.shape[0]] if ctx.has_bias else None, list(stride), list(padding),
+        list(dilation), False, [0, 0], groups, [needs[0], needs[1], needs[2] and ctx.has_bias])
+    return gx, gw, gb, (g if ctx.has_residual else None)
+
+
 def _register_autograd(op, unpack, pack_grads):
     """relu(conv(x, w, b) + r): d pre = grad * (out > 0); d r = d pre; d x, d w, d b from
     aten.convolution_backward of d pre."""
@@ -123,17 +135,33 @@ def _register_autograd(op, unpack, pack_grads):
         ctx.save_for_backward(x, weight, saved_out)
 
     def backward(ctx, grad):
-        x, weight, out = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.conv
-        g = grad * (out > 0) if ctx.relu else grad
-        needs = ctx.needs_input_grad
-        gx, gw, gb = torch.ops.aten.convolution_backward(
-            g, x, weight, [weight.shape[0]] if ctx.has_bias else None, stride, padding, dilation,
-            False, [0, 0], groups, [needs[0], needs[1], needs[2] and ctx.has_bias])
-        gr = g if ctx.has_residual else None
-        return pack_grads(gx, gw, gb, gr)
+        return pack_grads(*_conv_act_grads(ctx, grad, ctx.needs_input_grad[:3]))
 
     torch.library.register_autograd(op, backward, setup_context=setup_context)
+
+
+class _WithConvGradients(torch.autograd.Function):
+    """run()'s output, with the gradients of relu?(conv2d(x, weight, bias) + residual)."""
+
+    @staticmethod
+    def forward(ctx, run, x, weight, bias, residual, relu, conv):
+        y = run()
+        ctx.conv, ctx.relu = conv, relu
+        ctx.has_bias, ctx.has_residual = bias is not None, residual is not None
+        ctx.save_for_backward(x, weight, y if relu else None)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        gx, gw, gb, gr = _conv_act_grads(ctx, grad, ctx.needs_input_grad[1:4])
+        return None, gx, gw, gb, gr, None, None
+
+
+def with_conv_gradients(run, x, weight, bias, residual, relu, conv):
+    """run() (a kernel computing relu?(conv2d(x, weight, bias, *conv) + residual) its own way:
+    on a prepacked or Winograd-transformed weight) made differentiable with that expression's
+    gradients. conv: (stride, padding, dilation, groups)."""
+    return _WithConvGradients.apply(run, x, weight, bias, residual, relu, tuple(conv))
 
 
 _register_autograd("fpnops::conv_bn_act", lambda inputs: inputs,

@@ -79,3 +79,13 @@ def conv3x3_winograd(x, weight, bias=None, residual=None, relu=False):
     """relu?(conv2d(x, w, bias, padding=1) + residual) with weight = winograd_weight(w); output
     channels_last. x must hold no NaN or inf (see above)."""
     return torch.ops.fpnops.conv3x3_winograd(x, weight, bias, residual, relu)
+
+
+def conv3x3_winograd_differentiable(x, weight, bias=None, residual=None, relu=False):
+    """conv3x3_winograd(x, winograd_weight(weight), ...) with gradients for x, weight (the
+    untransformed (K, C, 3, 3) one), bias and residual: those of the exact convolution, which
+    Winograd computes to float32 rounding. x must hold no NaN or inf."""
+    from fpnops.ops.conv_bn_act import with_conv_gradients  # (conv_bn_act imports no winograd)
+    return with_conv_gradients(
+        lambda: torch.ops.fpnops.conv3x3_winograd(x, winograd_weight(weight), bias, residual, relu),
+        x, weight, bias, residual, relu, ((1, 1), (1, 1), (1, 1), 1))
