@@ -83,16 +83,11 @@ def _bound(conv, bn, weight, bias):
     or as eager does it (conv, then (y - mean) * invstd * gamma + beta, or y * scale + shift), has
     |value| <= gain * max|x| + offset. NaN or inf where a statistic or weight is not finite."""
     gamma, beta, mean, var, eps = _bn_tensors(bn)
-    return bound_of(conv.weight, conv.bias, gamma, beta, mean, var, eps, weight, bias)
-
-
-def bound_of(conv_weight, conv_bias, gamma, beta, mean, var, eps, weight, bias):
-    """_bound on the tensors themselves: the conv's, the BN's, and their fold (weight, bias)."""
     invstd = torch.rsqrt(var.detach().double() + eps)  # per channel: small
     k = max(1.0, _amax(invstd)) * max(1.0, _amax(gamma))  # >= |scale|, |invstd|, 1
-    gain = max(_l1(weight), _l1(conv_weight) * k)
+    gain = max(_l1(weight), _l1(conv.weight) * k)
     m = _amax(mean)
-    offset = _amax(bias) + (_amax(conv_bias) + m) * k + _amax(beta) + m * k
+    offset = _amax(bias) + (_amax(conv.bias) + m) * k + _amax(beta) + m * k
     return gain, offset
 
 
@@ -108,16 +103,13 @@ class _Pair:
         self.folded = None
 
 
-class _Folded:
-    """A pair's folded (weight, bias), its NaN-test bound constants, and the stamp of the tensors
-    it came from. Normal tensors: built outside inference mode, without autograd. weight and
-    bias are None where the fold does not fit the conv's dtype (fold_conv_bn_if_it_fits): the
-    pair then runs unfolded."""
+class _Fold:
+    """A pair's folded (weight, bias) and its NaN-test bound constants. Normal tensors: built
+    outside inference mode, without autograd. weight and bias are None where the fold does not
+    fit the conv's dtype (fold_conv_bn_if_it_fits): the pair then runs unfolded. It holds no
+    source tensor (fpnops/nn/_graph.py keeps these through weak references)."""
 
-    def __init__(self, conv, bn, tensors):
-        self.tensors = tensors  # held: their ids in the stamp stay theirs
-        self.stamp = _stamp(tensors)  # taken before folding: a change meanwhile makes it stale
-        self.storages = _held(tensors)
+    def __init__(self, conv, bn):
         self.gain = self.offset = None
         with torch.inference_mode(False), torch.no_grad():
             folded = fold_conv_bn_if_it_fits(conv, bn)
@@ -125,6 +117,16 @@ class _Folded:
             # the NaN test runs on the CPU path only: no device syncs elsewhere
             if folded is not None and self.weight.device.type == "cpu":
                 self.gain, self.offset = _bound(conv, bn, self.weight, self.bias)
+
+
+class _Folded(_Fold):
+    """A _Fold and the stamp of the tensors it came from."""
+
+    def __init__(self, conv, bn, tensors):
+        self.tensors = tensors  # held: their ids in the stamp stay theirs
+        self.stamp = _stamp(tensors)  # taken before folding: a change meanwhile makes it stale
+        self.storages = _held(tensors)
+        super().__init__(conv, bn)
 
 
 class _Plain:

@@ -134,21 +134,35 @@ def fused_chain(who, x, steps, residual, cache, backend, bound=None, owned=False
     if cache is None or (torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for ts in tensors for t in ts)):
         # traced (Inductor folds and packs itself) or differentiable: folded afresh, not cached
-        folds = [fold_conv_bn_if_it_fits(p.conv, p.bn, traced=cache is None) for p in pairs]
-        if any(f is None for f in folds):
-            return None
-        consts = None
-        if cache is not None and x.device.type == "cpu":  # the NaN test: CPU, not traced
-            consts = [_bound(p.conv, p.bn, w, b) for p, (w, b) in zip(pairs, folds)]
-    else:
-        cached = [cache.folded(p, ts) for p, ts in zip(pairs, tensors)]
-        if any(f.weight is None for f in cached):
-            return None
-        if _packed_applies(x, backend, cached):
-            return _packed_chain(who, x, steps, residual, cached, cache, bound, owned, winograd_ok)
-        folds = [(f.weight, f.bias) for f in cached]
-        consts = [(f.gain, f.offset) for f in cached]
+        return fresh_chain(who, x, steps, residual, [(p.conv, p.bn) for p in pairs], backend,
+                           winograd_ok, traced=cache is None)
+    cached = [cache.folded(p, ts) for p, ts in zip(pairs, tensors)]
+    if any(f.weight is None for f in cached):
+        return None
+    return folded_chain(who, x, steps, residual, cached, cache, backend, bound, owned, winograd_ok)
+
+
+def fresh_chain(who, x, steps, residual, modules, backend, winograd_ok=True, traced=False):
+    """fused_chain on weights folded at this call from modules [(conv, bn)] (steps order, then
+    the residual's): under autograd, or traced (no test on values can run there)."""
+    folds = [fold_conv_bn_if_it_fits(c, b, traced=traced) for c, b in modules]
+    if any(f is None for f in folds):
+        return None
+    consts = None
+    if not traced and x.device.type == "cpu":  # the NaN test: CPU, not traced
+        consts = [_bound(c, b, w, bias) for (c, b), (w, bias) in zip(modules, folds)]
     return unpacked_chain(who, x, steps, residual, folds, consts, backend, winograd_ok)
+
+
+def folded_chain(who, x, steps, residual, folds, cache, backend, bound=None, owned=False,
+                 winograd_ok=True):
+    """fused_chain on kept folds (_cache._Fold, every one fitting): the packed path where it
+    applies (its packed weights kept in `cache`), else unpacked_chain."""
+    if _packed_applies(x, backend, folds):
+        return _packed_chain(who, x, steps, residual, folds, cache, bound, owned, winograd_ok)
+    consts = None if folds[0].gain is None else [(f.gain, f.offset) for f in folds]
+    return unpacked_chain(who, x, steps, residual, [(f.weight, f.bias) for f in folds], consts,
+                          backend, winograd_ok)
 
 
 def unpacked_chain(who, x, steps, residual, folds, consts, backend, winograd_ok=True):

@@ -25,9 +25,8 @@ import torch.nn as nn
 from torch import Tensor
 
 from fpnops.nn import _exact
-from fpnops.nn._cache import _bound, _FoldedWeights
-from fpnops.nn._chain import _check_x, _packed_applies, _packed_chain, unpacked_chain
-from fpnops.ops.fold import fold_conv_bn_if_it_fits
+from fpnops.nn._cache import _Fold, _FoldedWeights
+from fpnops.nn._chain import _check_x, folded_chain, fresh_chain
 from fpnops.nn._exact import conv_padding
 
 _lib = torch.library.Library("fpnops", "FRAGMENT")
@@ -42,6 +41,7 @@ _lib.define(
 
 # residual: what the chain's last conv adds before its ReLU
 NONE, IDENTITY, DOWNSAMPLE = 0, 1, 2  # DOWNSAMPLE: the last pair is a conv -> BN on x
+
 
 def _key(t):
     try:
@@ -80,26 +80,12 @@ def _bn(gamma, beta, mean, var, eps, frozen):
     return bn.eval()
 
 
-class _Fold:
-    """A pair's folded (weight, bias) and NaN-test constants, as _cache._Folded has them, without
-    the source tensors (a kept _Plan must not hold those: see kept)."""
-
-    def __init__(self, conv, bn):
-        self.weight = self.bias = self.gain = self.offset = None
-        folded = fold_conv_bn_if_it_fits(conv, bn)
-        if folded is not None:
-            self.weight, self.bias = folded
-            if self.weight.device.type == "cpu":
-                self.gain, self.offset = _bound(conv, bn, self.weight, self.bias)
-
-
 class _Plan:
     """What fused_chain keeps per chain and state of its tensors: the folds (None where one does
     not fit the dtype) and a cache for the weights packed per input shape."""
 
-    def __init__(self, convs, bns):
-        with torch.inference_mode(False), torch.no_grad():
-            folds = [_Fold(c, b) for c, b in zip(convs, bns)]
+    def __init__(self, modules):
+        folds = [_Fold(c, b) for c, b in modules]
         self.folds = None if any(f.weight is None for f in folds) else folds
         self.cache = _FoldedWeights()
 
@@ -144,13 +130,19 @@ def clear():
         _entries.clear()
 
 
-def _original(x, convs, bns, relus, residual):
+def _original(x, modules, relus, residual):
     """The modules' own forwards (the stand-ins'), in the source block's order."""
     n = len(relus)
-    res = x if residual == IDENTITY else bns[n](convs[n](x)) if residual == DOWNSAMPLE else None
+    res = None
+    if residual == IDENTITY:
+        res = x
+    elif residual == DOWNSAMPLE:
+        conv, bn = modules[n]
+        res = bn(conv(x))
     y = x
     for i in range(n):
-        y = bns[i](convs[i](y))
+        conv, bn = modules[i]
+        y = bn(conv(y))
         if i == n - 1 and res is not None:
             y = y + res
         if relus[i]:
@@ -164,35 +156,40 @@ def _fused_chain(x, tensors, present, eps, frozen, geometry, relus, residual, wi
     names, relus = names.split(","), [bool(r) for r in relus]
     it = iter(tensors)
     slots = [next(it) if p else None for p in present]
-    convs, bns, steps = [], [], []
-    for i, name in enumerate(names):
+    pairs = []  # per pair: (conv args, its six slots)
+    for i in range(len(names)):
         g = geometry[7 * i:7 * i + 7]
-        args = (tuple(g[0:2]), tuple(g[2:4]), tuple(g[4:6]), g[6])
-        w, b, gamma, beta, mean, var = slots[6 * i:6 * i + 6]
-        convs.append(_conv(w, b, args))
-        bns.append(_bn(gamma, beta, mean, var, eps[i], bool(frozen[i])))
-        steps.append((name, _Args(args), relus[i] if i < len(relus) else False))
-    _check_x(who, names[0], x, convs[0])
-    res = {NONE: None, IDENTITY: "x"}.get(residual, steps[-1][:2])
-    steps = steps[:len(relus)]
-    y = None
+        pairs.append(((tuple(g[0:2]), tuple(g[2:4]), tuple(g[4:6]), g[6]), slots[6 * i:6 * i + 6]))
+
+    def modules():  # the stand-ins: only where something reads modules (not a kept plan's hit)
+        return [(_conv(w, b, args), _bn(gamma, beta, mean, var, eps[i], bool(frozen[i])))
+                for i, (args, (w, b, gamma, beta, mean, var)) in enumerate(pairs)]
+
+    (args0, (w0, *_)) = pairs[0]
+    _check_x(who, names[0], x, _conv(w0, None, args0))
+    steps = [(names[i], _Args(pairs[i][0]), relus[i]) for i in range(len(relus))]
+    res = {NONE: None, IDENTITY: "x"}.get(residual, (names[-1], _Args(pairs[-1][0])))
+    mods = None
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):  # folded afresh
-        folds = [fold_conv_bn_if_it_fits(c, b) for c, b in zip(convs, bns)]
-        if all(f is not None for f in folds):
-            consts = None
-            if x.device.type == "cpu":
-                consts = [_bound(c, b, *f) for c, b, f in zip(convs, bns, folds)]
-            y = unpacked_chain(who, x, steps, res, folds, consts, backend, winograd)
+        mods = modules()
+        y = fresh_chain(who, x, steps, res, mods, backend, winograd)
     else:
         plan = kept(tensors, ("fused_chain", tuple(present), tuple(eps), tuple(frozen),
-                              tuple(geometry), tuple(names)), lambda: _Plan(convs, bns))
-        if plan.folds is not None and _packed_applies(x, backend, plan.folds):
-            y = _packed_chain(who, x, steps, res, plan.folds, plan.cache, None, False, winograd)
-        elif plan.folds is not None:
-            consts = [(f.gain, f.offset) for f in plan.folds]
-            y = unpacked_chain(who, x, steps, res, [(f.weight, f.bias) for f in plan.folds],
-                               None if consts[0][0] is None else consts, backend, winograd)
-    return _original(x, convs, bns, relus, residual) if y is None else y[0]
+                              tuple(geometry), tuple(names)), lambda: _Plan(modules()))
+        y = None if plan.folds is None else folded_chain(who, x, steps, res, plan.folds,
+                                                         plan.cache, backend, winograd_ok=winograd)
+    if y is None:
+        return _original(x, mods or modules(), relus, residual)
+    return y[0]
+
+
+def conv_geometry(conv):
+    """A conv's (stride, padding, dilation, groups) as the 7 ints the graph ops take."""
+    return [*conv.stride, *conv_padding(conv), *conv.dilation, conv.groups]
+
+
+def _frozen(bn):
+    return int(not isinstance(bn, nn.modules.batchnorm._BatchNorm))
 
 
 def call(x: Tensor, convs: List, bns: List, relus: List[bool], residual: int, winograd: bool,
@@ -200,14 +197,12 @@ def call(x: Tensor, convs: List, bns: List, relus: List[bool], residual: int, wi
     """fpnops::fused_chain on the modules' tensors (Python callers: FX, jit.trace). convs, bns:
     the chain's pairs in order, the downsample's last where residual is DOWNSAMPLE; names: the
     convs' (errors name them), conv0, conv1, ... if None."""
-    geometry: List[int] = []
     slots: List[Optional[Tensor]] = []
     for c, b in zip(convs, bns):
-        geometry += [*c.stride, *conv_padding(c), *c.dilation, c.groups]
         slots += [c.weight, c.bias, b.weight, b.bias, b.running_mean, b.running_var]
-    frozen = [int(not isinstance(b, torch.nn.modules.batchnorm._BatchNorm)) for b in bns]
     names = names or [f"conv{i}" for i in range(len(convs))]
-    return script_call(x, slots, [float(b.eps) for b in bns], frozen, geometry,
+    geometry = [g for c in convs for g in conv_geometry(c)]
+    return script_call(x, slots, [float(b.eps) for b in bns], [_frozen(b) for b in bns], geometry,
                        [int(r) for r in relus], residual, winograd, backend, who, names)
 
 
@@ -231,16 +226,13 @@ def script_call(x: Tensor, slots: List[Optional[Tensor]], eps: List[float], froz
 def script_plan(m, pairs, relus, residual, names):
     """What a fused module's TorchScript forward needs of its fused path, fixed when it is
     scripted (torch.jit.script calls __prepare_scriptable__): pairs [(conv, bn)] in op order,
-    relus per step, names the convs' names, residual (NONE, IDENTITY, DOWNSAMPLE, or CALL: the downsample runs as a
-    module after the chain). Sets m._fpnops_script (the residual), the geometry, frozen and relu
-    lists, the winograd flag and the name errors give; the BNs' training flags are read at each call."""
-    geometry: List[int] = []
-    for c, _ in pairs:
-        geometry += [*c.stride, *conv_padding(c), *c.dilation, c.groups]
+    relus per step, names the convs' names, residual (NONE, IDENTITY, DOWNSAMPLE, or CALL: the
+    downsample runs as a module after the chain). Sets m._fpnops_script (the residual), the
+    geometry, frozen and relu lists, the winograd flag and the names errors give; the BNs'
+    training flags are read at each call."""
     m._fpnops_script = residual
-    m._fpnops_geometry = geometry
-    m._fpnops_frozen = [int(not isinstance(b, torch.nn.modules.batchnorm._BatchNorm))
-                        for _, b in pairs]
+    m._fpnops_geometry = [g for c, _ in pairs for g in conv_geometry(c)]
+    m._fpnops_frozen = [_frozen(b) for _, b in pairs]
     m._fpnops_relus = [int(r) for r in relus]
     m._fpnops_winograd = bool(m.winograd)  # a property, which TorchScript does not compile
     m._fpnops_who = type(m).__name__

@@ -143,12 +143,15 @@ def _packs(x, conv, backend):
     inference (no autograd, no autocast, not traced) on a channels_last x of the conv's channels
     (eager's output is channels_last then too, and the bits are the same: the same oneDNN
     convolution, without the reorder of the weight at every call)."""
-    w = conv.weight
     if torch.compiler.is_compiling():  # first: what follows would break a fullgraph compile
         return False
-    return (_onednn_input(x, w, conv.bias, _conv_args(conv), backend)
-            and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or (
-                conv.bias is not None and conv.bias.requires_grad))))
+    return (_onednn_input(x, conv.weight, conv.bias, _conv_args(conv), backend)
+            and not _records_grad(x, conv.weight, conv.bias))
+
+
+def _records_grad(*tensors):
+    """Whether autograd records a call on these tensors (None: absent)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _conv_args(conv):
@@ -161,7 +164,8 @@ def _onednn_input(x, w, bias, args, backend):
     autograd records the call or not (the same bits either way)."""
     return (backend in ("auto", "native") and x.device.type == "cpu" and x.dtype == torch.float32
             and x.layout == torch.strided and x.dim() == 4 and x.numel() > 0
-            and x.shape[1] == w.shape[1] * args[3] and x.is_contiguous(memory_format=torch.channels_last)
+            and x.shape[1] == w.shape[1] * args[3]
+            and x.is_contiguous(memory_format=torch.channels_last)
             and w.dtype == torch.float32 and w.device.type == "cpu"
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
             and not torch.is_autocast_enabled("cpu") and _eager_runs_onednn(x, w, bias, args))
@@ -188,7 +192,8 @@ def _winograd_bound_holds(x, gain, offset):
 
 
 _lib = torch.library.Library("fpnops", "FRAGMENT")
-_lib.define("fpn_conv(Tensor x, Tensor weight, Tensor? bias, int[] geometry, str backend) -> Tensor")
+_lib.define("fpn_conv(Tensor x, Tensor weight, Tensor? bias, int[] geometry, str backend) "
+            "-> Tensor")
 
 
 @torch.library.impl(_lib, "fpn_conv", "CompositeImplicitAutograd")
@@ -197,21 +202,17 @@ def _fpn_conv(x, weight, bias, geometry, backend):
     FX, jit.trace; fpnops/nn/_graph.py says why): what _run_block computes, Winograd where it
     takes it (the transformed weight kept by _graph.kept), else eager's conv; differentiable."""
     args = (tuple(geometry[0:2]), tuple(geometry[2:4]), tuple(geometry[4:6]), geometry[6])
-    if not (_onednn_input(x, weight, bias, args, backend) and winograd.applies(x.shape, weight, args)):
+    if not (_onednn_input(x, weight, bias, args, backend)
+            and winograd.applies(x.shape, weight, args)):
         return F.conv2d(x, weight, bias, *args)
     sources = [weight] + ([] if bias is None else [bias])
     packed, gain, offset = _graph.kept(sources, "fpn_conv", lambda: (
         winograd.winograd_weight(weight), _l1(weight), 0.0 if bias is None else _amax(bias)))
     if not _winograd_bound_holds(x, gain, offset):
         return F.conv2d(x, weight, bias, *args)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in [x] + sources):
+    if _records_grad(x, weight, bias):
         return winograd.conv3x3_winograd_differentiable(x, weight, bias, None, False)
     return torch.ops.fpnops.conv3x3_winograd(x, packed, bias, None, False)
-
-
-def _geometry(conv):
-    stride, padding, dilation, groups = _conv_args(conv)
-    return [*stride, *padding, *dilation, groups]
 
 
 def _packed_conv(x, conv, weight, args):
@@ -360,20 +361,17 @@ class FusedFPN(CacheOwner, nn.Module):
             if i == idx:
                 if torch.jit.is_scripting():  # fpnops::fpn_conv where __prepare_scriptable__
                     # found a plain conv that _run_block may run as Winograd; else the block
-                    if hasattr(self, "_fpnops_fpn_conv") and hasattr(block, "weight"):
-                        if self._fpnops_fpn_conv[i] == 1:  # the conv itself
-                            out = torch.ops.fpnops.fpn_conv(x, block.weight, block.bias,
-                                                            self._fpnops_geometry[i], self.backend)
-                        else:
-                            out = block(x)
-                    elif hasattr(self, "_fpnops_fpn_conv"):
-                        if self._fpnops_fpn_conv[i] == 1:  # Conv2dNormActivation holding it
-                            out = torch.ops.fpnops.fpn_conv(x, block[0].weight, block[0].bias,
-                                                            self._fpnops_geometry[i], self.backend)
-                        else:
-                            out = block(x)
-                    else:
+                    wino = False
+                    if hasattr(self, "_fpnops_fpn_conv"):
+                        wino = self._fpnops_fpn_conv[i] == 1
+                    if not wino:
                         out = block(x)
+                    elif hasattr(block, "weight"):  # the conv itself
+                        out = torch.ops.fpnops.fpn_conv(x, block.weight, block.bias,
+                                                        self._fpnops_geometry[i], self.backend)
+                    else:  # Conv2dNormActivation or a Sequential holding only it
+                        out = torch.ops.fpnops.fpn_conv(x, block[0].weight, block[0].bias,
+                                                        self._fpnops_geometry[i], self.backend)
                 elif recorded:
                     out = self._graph_layer(block, x)
                 else:
@@ -409,14 +407,15 @@ class FusedFPN(CacheOwner, nn.Module):
         with exact=False (and winograd), as Winograd where _winograd takes it (then no oneDNN
         weight is made)."""
         conv = _plain_conv(block)
-        if conv is None:
+        if conv is None or torch.compiler.is_compiling():
             return block(x)
-        if (not self.exact and self.winograd and not torch.compiler.is_compiling()
-                and _onednn_input(x, conv.weight, conv.bias, _conv_args(conv), self.backend)):
+        if not _onednn_input(x, conv.weight, conv.bias, _conv_args(conv), self.backend):
+            return block(x)
+        if not self.exact and self.winograd:
             y = self._winograd(conv, name, x)
             if y is not None:
                 return y
-        if not _packs(x, conv, self.backend):
+        if _records_grad(x, conv.weight, conv.bias):  # _packs: not under autograd
             return block(x)
         return _packed_conv(x, *self._packed_weight(conv, name, x))
 
@@ -436,8 +435,7 @@ class FusedFPN(CacheOwner, nn.Module):
                 0.0 if conv.bias is None else _amax(conv.bias)))
         if not _winograd_bound_holds(x, gain, offset):
             return None
-        if torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad or (
-                conv.bias is not None and conv.bias.requires_grad)):
+        if _records_grad(x, conv.weight, conv.bias):
             return winograd.conv3x3_winograd_differentiable(x, conv.weight, conv.bias, None, False)
         return torch.ops.fpnops.conv3x3_winograd(x, weight, conv.bias, None, False)
 
@@ -448,7 +446,7 @@ class FusedFPN(CacheOwner, nn.Module):
         conv = _plain_conv(block)
         if conv is None or self.exact or not self.winograd or not _exact.in_graph():
             return block(x)  # (torch.func: the original math; vmap has no rules for the op)
-        return torch.ops.fpnops.fpn_conv(x, conv.weight, conv.bias, _geometry(conv), self.backend)
+        return torch.ops.fpnops.fpn_conv(x, conv.weight, conv.bias, _graph.conv_geometry(conv), self.backend)
 
     @torch.jit.unused
     def __prepare_scriptable__(self):
@@ -457,7 +455,7 @@ class FusedFPN(CacheOwner, nn.Module):
         plain = [_plain_conv(b) for b in self.layer_blocks]
         wino = not self.exact and self.winograd
         self._fpnops_fpn_conv = [int(wino and c is not None) for c in plain]
-        self._fpnops_geometry = [_geometry(c) if c is not None else [0] * 7 for c in plain]
+        self._fpnops_geometry = [_graph.conv_geometry(c) if c is not None else [0] * 7 for c in plain]
         return self
 
     @torch.jit.unused

@@ -29,9 +29,8 @@ class _StemMixin(CacheOwner):
                              winograd_ok=self.winograd)
         if _exact.recorded(x):
             return self._fpnops_base._stem(self, x)
-        return run_folding(type(self).__name__, self._stem_modules(), x, self._fpnops_cache, self._fpnops_backend,
-                           winograd_ok=self.winograd)
-
+        return run_folding(type(self).__name__, self._stem_modules(), x, self._fpnops_cache,
+                           self._fpnops_backend, winograd_ok=self.winograd)
 
     @torch.jit.unused
     def _stem_modules(self):
@@ -71,8 +70,8 @@ class _FusedTorchvisionResNet(_StemMixin):
     layer1, ...) and expects the model's own numbers from them, bit for bit (its
     test_feature_extraction_methods_equivalence); a stem folded across three of the model's
     children cannot give those. (What that costs a batch-1 224x224 ResNet50:
-    benchmarks/results/issue19-stem-before-after-epyc-avx512.json.) What remains is one run from max pool to layer4, bounds
-    handed on between the blocks (_run.py). An IntermediateLayerGetter that fuse() meets (a
+    benchmarks/results/issue19-stem-before-after-epyc-avx512.json.) What remains is one run
+    from max pool to layer4, bounds handed on between the blocks (_run.py). An IntermediateLayerGetter that fuse() meets (a
     detector's backbone body) is the module whose own forward runs the stem: fused there."""
 
     def _forward_impl(self, x: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ def fold_conv_bn(conv, bn):
     (float32 math loses ~1e-7 relative per fold) and cast to the conv's dtype. Differentiable:
     gradients reach the conv's weight and bias and the BN's affine parameters.
     """
-    return cast(*_fold64(conv, bn), conv.weight)
+    return _cast(*_fold64(conv, bn), conv.weight)
 
 
 def fold_conv_bn_if_it_fits(conv, bn, traced=False):
@@ -38,17 +38,11 @@ def fold_conv_bn_if_it_fits(conv, bn, traced=False):
     if traced and dtype == torch.float16:
         return None
     w64, b64 = _fold64(conv, bn)
-    if not traced and not fits(w64, b64, dtype):
-        return None
-    return cast(w64, b64, conv.weight)
-
-
-def fits(w64, b64, dtype):
-    """Whether every value of a float64 fold that is finite stays finite in `dtype`."""
-    if dtype == torch.float64:
-        return True
-    top = torch.finfo(dtype).max
-    return not any(bool(((t.abs() > top) & t.isfinite()).any()) for t in (w64, b64))
+    if dtype != torch.float64 and not traced:
+        top = torch.finfo(dtype).max
+        if any(bool(((t.abs() > top) & t.isfinite()).any()) for t in (w64, b64)):
+            return None
+    return _cast(w64, b64, conv.weight)
 
 
 def _fold64(conv, bn):
@@ -69,21 +63,16 @@ def _fold64(conv, bn):
     if mean.numel() != c:
         raise ValueError(f"fold_conv_bn: bn has {mean.numel()} channels but conv has "
                          f"{c} output channels")
-    return fold64(conv.weight, conv.bias, gamma, beta, mean, var, eps)
-
-
-def fold64(w, b, gamma, beta, mean, var, eps):
-    """The fold of fold_conv_bn on the tensors themselves (no checks), in float64."""
     acc = torch.float64
     inv_std = torch.rsqrt(var.to(acc) + eps)
     scale = inv_std if gamma is None else gamma.to(acc) * inv_std
     shift = -mean.to(acc) * scale if beta is None else beta.to(acc) - mean.to(acc) * scale
-    weight = w.to(acc) * scale.reshape(-1, 1, 1, 1)
-    bias = shift if b is None else b.to(acc) * scale + shift
+    weight = conv.weight.to(acc) * scale.reshape(-1, 1, 1, 1)
+    bias = shift if conv.bias is None else conv.bias.to(acc) * scale + shift
     return weight, bias
 
 
-def cast(weight, bias, like):
+def _cast(weight, bias, like):
     """The float64 fold in the conv weight's dtype and memory format."""
     weight = weight.to(like.dtype)
     if like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous():

@@ -41,6 +41,8 @@ direct convolution keeps every Winograd intermediate far below float32's overflo
 """
 import torch
 
+from fpnops.ops.conv_bn_act import with_conv_gradients
+
 # G of F(4x4, 3x3) with the points 0, +-1, +-2 and infinity: V = G g G^T, 6x6 per 3x3 kernel.
 _G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6), (1 / 24, 1 / 12, 1 / 6),
       (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
@@ -85,7 +87,6 @@ def conv3x3_winograd_differentiable(x, weight, bias=None, residual=None, relu=Fa
     """conv3x3_winograd(x, winograd_weight(weight), ...) with gradients for x, weight (the
     untransformed (K, C, 3, 3) one), bias and residual: those of the exact convolution, which
     Winograd computes to float32 rounding. x must hold no NaN or inf."""
-    from fpnops.ops.conv_bn_act import with_conv_gradients  # (conv_bn_act imports no winograd)
     return with_conv_gradients(
         lambda: torch.ops.fpnops.conv3x3_winograd(x, winograd_weight(weight), bias, residual, relu),
         x, weight, bias, residual, relu, ((1, 1), (1, 1), (1, 1), 1))
