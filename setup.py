@@ -5,6 +5,7 @@ Environment:
   CUDA_HOME               the CUDA toolkit to use (else found from nvcc, /usr/local/cuda, ...)
   TORCH_CUDA_ARCH_LIST    GPU architectures; default when no GPU is visible: DEFAULT_ARCHS
   MAX_JOBS                parallel compile jobs (ninja)
+  FPNOPS_ALLOW_UNTESTED_TORCH=1  build against a torch outside TORCH_RANGE
 """
 import glob
 import os
@@ -15,6 +16,10 @@ import subprocess
 import sys
 
 from setuptools import setup
+
+# The torch releases fpnops is tested with, [first, last] by (major, minor): pyproject.toml's
+# "torch>=2.11,<2.15" and README "Supported versions" say the same.
+TORCH_RANGE = ((2, 11), (2, 14))
 
 # A100 (sm_80) and H100/H200 (sm_90) machine code, plus sm_90 PTX so newer GPUs can JIT it.
 DEFAULT_ARCHS = "8.0;9.0+PTX"
@@ -71,6 +76,25 @@ def announce(line):
         pass
 
 
+def check_torch_version(version, allow=None):
+    """Refuse, with the way out, a torch outside TORCH_RANGE: its kernels' rules (nearest index,
+    oneDNN, cuDNN layouts) are what fpnops reproduces bit for bit, and they change between
+    releases."""
+    allow = os.environ.get("FPNOPS_ALLOW_UNTESTED_TORCH") == "1" if allow is None else allow
+    m = re.match(r"(\d+)\.(\d+)", version)
+    got = (int(m.group(1)), int(m.group(2))) if m else None
+    (lo_major, lo_minor), (hi_major, hi_minor) = TORCH_RANGE
+    if got is not None and TORCH_RANGE[0] <= got <= TORCH_RANGE[1]:
+        return True
+    what = (f"torch {version} is outside the range fpnops is tested with "
+            f"({lo_major}.{lo_minor} to {hi_major}.{hi_minor}, README \"Supported versions\")")
+    if not allow:
+        raise RuntimeError(what + "; install a torch in that range, or set FPNOPS_ALLOW_UNTESTED_TORCH=1 "
+                           "to build anyway")
+    announce(f"fpnops: warning: {what}; building anyway (FPNOPS_ALLOW_UNTESTED_TORCH=1)")
+    return False
+
+
 def want_cuda(torch, cuda_home):
     force = os.environ.get("FPNOPS_BUILD_CUDA")
     if force == "0":
@@ -92,6 +116,7 @@ def main():
     import torch
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
+    check_torch_version(torch.__version__)
     with_cuda = want_cuda(torch, cuda_home)
     if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS

@@ -10,11 +10,15 @@ Per kernel: registers, spills, shared memory, global access widths, tensor-core 
 hot-path instructions per byte and the fraction of H100 HBM bandwidth that issue rate allows
 (the model of fpnops/bench/sass.py).
 
-    python benchmarks/codegen_report.py [--out benchmarks/results] [--arch 80 90] [--cuda-so PATH]
+    python benchmarks/codegen_report.py [--out DIR] [--arch 80 90] [--cuda-so PATH] [--bench RUN.json ...]
 
-writes OUT/codegen-sm80.{json,md} and OUT/codegen-sm90.{json,md}.
+writes DIR/codegen-sm80.{json,md} and DIR/codegen-sm90.{json,md} (DIR: --out, else $OUT where
+that is set, as on the GPU machine, else benchmarks/results). With --bench (files of `fpnops bench
+--out` from a GPU), each memory-bound kernel's measured GB/s and share of the copy bandwidth are
+joined with the ceiling its SASS allows: the static figure next to the measured one.
 """
 import argparse
+import importlib.util
 import json
 import os
 import pathlib
@@ -22,7 +26,10 @@ import sys
 import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# The installed fpnops where there is one (after `pip install .` the source tree has no _C); the
+# source tree only where nothing is installed (a checkout built in place).
+if importlib.util.find_spec("fpnops") is None:
+    sys.path.insert(0, str(ROOT))
 
 # Compiling happens in child processes without TRITON_INTERPRET (triton_targets.compile_in_child).
 from fpnops.bench import sass, triton_targets  # noqa: E402
@@ -83,6 +90,43 @@ def cuda_section(arch, so_path=None):
             "note": note}
 
 
+_LAYOUTS = {"contiguous": "nchw", "channels_last": "nhwc"}  # bench layout -> variant layout
+
+
+def joined(report, bench_runs):
+    """One row per measured memory-bound row of the bench (upsample_add on a GPU): its GB/s and %
+    of copy, beside the lowest SASS ceiling among the kernels that can have run it (Triton: the
+    variants of its dtype and layout; native: fpnops._C's upsample_add kernels)."""
+    rows = []
+    for run in bench_runs:
+        if run.get("settings", {}).get("device") != "cuda":  # CPU rows have no SASS to set beside
+            continue
+        layout = _LAYOUTS.get(run.get("settings", {}).get("layout"))
+        for r in run.get("results", []):
+            if r.get("GBps") is None or r["impl"] not in ("triton", "native") or r["status"] != "ok":
+                continue
+            if r["impl"] == "triton":
+                pool = [k for k in report["triton"] if k["op"] == r["params"]["op"] and k["dtype"] == r["dtype"]
+                        and k["layout"] == layout and "error" not in k]
+            else:
+                pool = [k for k in report["cuda"]["kernels"] if r["params"]["op"] in k["name"]]
+            ceilings = [k["h100_bandwidth_ceiling"] for k in pool if k.get("h100_bandwidth_ceiling") is not None]
+            rows.append({"case": r["case"], "dtype": r["dtype"], "impl": r["impl"], "layout": layout,
+                         "GBps": r["GBps"], "pct_of_copy": r["pct_of_copy"],
+                         "sass_ceiling": min(ceilings) if ceilings else None, "kernels": len(pool)})
+    return rows
+
+
+def _joined_table(rows):
+    lines = ["| case | dtype | impl | layout | measured GB/s | % of copy | SASS ceiling (H100 model) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ceiling = "-" if r["sass_ceiling"] is None else f"{r['sass_ceiling']:.0%} ({r['kernels']} kernels)"
+        pct = "-" if r["pct_of_copy"] is None else f"{r['pct_of_copy']:.0f}%"
+        lines.append(f"| {r['case']} | {r['dtype']} | {r['impl']} | {r['layout']} | {r['GBps']:.0f} | {pct} | {ceiling} |")
+    return "\n".join(lines)
+
+
 def _fmt_widths(d):
     return " ".join(f"{n}x{w}" for w, n in sorted(d.items(), key=lambda kv: -int(kv[0][:-1]))) or "-"
 
@@ -130,16 +174,28 @@ def markdown(report):
         out += [cuda["note"] + ".", ""]
     if cuda["kernels"]:
         out += [_table(cuda["kernels"]), ""]
+    if report.get("measured"):
+        out += ["## Measured on the GPU beside the static ceiling", "",
+                "GB/s from `fpnops bench` (a measurement); the ceiling is the static figure above.", "",
+                _joined_table(report["measured"]), ""]
     return "\n".join(out)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--arch", type=int, nargs="+", default=list(triton_targets.ARCHS),
                     choices=triton_targets.ARCHS)
     ap.add_argument("--cuda-so", help="read CUDA kernels from this binary instead of fpnops._C")
+    ap.add_argument("--bench", nargs="*", default=[], metavar="RUN.json",
+                    help="`fpnops bench --out` files whose memory-bound rows to join with the SASS")
     args = ap.parse_args(argv)
+    bench_runs = []
+    for path in args.bench:
+        try:
+            bench_runs.append(json.loads(pathlib.Path(path).read_text()))
+        except (OSError, ValueError) as e:  # a bench stage that died: join the others
+            print(f"codegen_report: skipping {path}: {e}")
     if sass.cuobjdump() is None:
         sys.exit("codegen_report: no cuobjdump (Triton's wheel ships one; or set CUOBJDUMP)")
     out = pathlib.Path(args.out)
@@ -150,6 +206,7 @@ def main(argv=None):
             report = {"arch": f"sm_{arch}", "model": model(),
                       "triton": triton_section(arch, compiled[arch]),
                       "cuda": cuda_section(arch, args.cuda_so)}
+            report["measured"] = joined(report, bench_runs)
             (out / f"codegen-sm{arch}.json").write_text(json.dumps(report, indent=1) + "\n")
             (out / f"codegen-sm{arch}.md").write_text(markdown(report))
             errors = sum("error" in r for r in report["triton"])

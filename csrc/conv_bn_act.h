@@ -2,7 +2,9 @@
 // checks the same first, with Python exceptions; these guard direct torch.ops.fpnops calls, so
 // they run before any arithmetic on the arguments (a stride of 0 must not reach a division).
 #pragma once
+#include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/native/ConvUtils.h>
 #include <c10/util/Exception.h>
 #include <c10/util/safe_numerics.h>
 
@@ -100,6 +102,32 @@ inline void check_conv_bn_act(const char* who, const at::Tensor& x, const at::Te
     TORCH_CHECK(r.sizes() == at::IntArrayRef(out), who, ": residual must have the output's shape ",
                 at::IntArrayRef(out), ", got ", r.sizes());
   }
+}
+
+// The memory format of eager's CUDA convolution output, which conv_bn_act's CUDA kernel returns:
+// ATen's own cuDNN rule (cudnn_conv_suggest_memory_format, so that it cannot drift:
+// channels_last when x or the 4-D weight is, by suggest_memory_format, except for float64 or
+// without cuDNN), as eager applies it where cuDNN runs the convolution; with cuDNN turned off
+// (torch.backends.cudnn.enabled = False) eager's CUDA convolutions return NCHW.
+inline at::MemoryFormat conv_output_format_cuda(const at::Tensor& x, const at::Tensor& w) {
+  if (!at::globalContext().userEnabledCuDNN()) return at::MemoryFormat::Contiguous;
+  return at::native::cudnn_conv_suggest_memory_format(x, w);
+}
+
+// The memory format of eager's convolution output on the CPU, which conv_bn_act's CPU kernel
+// returns: ATen's own choice, so that it cannot drift (the backend at::convolution selects for
+// these arguments, then that backend's layout rule: channels_last when x or the weight is, by
+// suggest_memory_format, float64 and half types included).
+inline at::MemoryFormat conv_output_format_cpu(const at::Tensor& x, const at::Tensor& w,
+                                               const std::optional<at::Tensor>& bias,
+                                               at::IntArrayRef stride, at::IntArrayRef padding,
+                                               at::IntArrayRef dilation, int64_t groups) {
+  const std::array<int64_t, 2> no_output_padding{0, 0};
+  const auto backend = at::native::select_conv_backend(
+      x, w, bias, c10::fromIntArrayRefSlow(stride), c10::fromIntArrayRefSlow(padding),
+      c10::fromIntArrayRefSlow(dilation), /*transposed=*/false,
+      c10::fromIntArrayRefSlow(no_output_padding), groups, std::nullopt);
+  return at::native::_determine_backend_memory_format(x, w, backend);
 }
 
 // What every conv_bn_act kernel does first: the checks above, then the residual in the output's

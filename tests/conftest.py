@@ -15,7 +15,8 @@ import fpnops  # noqa: E402,F401
 torch.backends.cudnn.allow_tf32 = False
 torch.backends.cuda.matmul.allow_tf32 = False
 
-CUDA_SKIP = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible)")
+GPU_REASON = "needs a CUDA GPU (none visible)"
+CUDA_SKIP = pytest.mark.skipif(not torch.cuda.is_available(), reason=GPU_REASON)
 
 
 def devices():
@@ -25,3 +26,12 @@ def devices():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks `gpu` every test that a CPU machine skips for want of a GPU (a skipif with
+    GPU_REASON, as CUDA_SKIP): the GPU check runs just those, `pytest -m gpu`
+    (benchmarks/gpu_check.sh), and tests/test_gpu_check.py checks that they are many."""
+    for item in items:
+        if any(m.name == "skipif" and m.kwargs.get("reason") == GPU_REASON for m in item.iter_markers()):
+            item.add_marker(pytest.mark.gpu)

@@ -1,6 +1,8 @@
 """The build and the extension loader: backends(), a stale or missing _C, the CUDA toolkit search."""
 import importlib.util
 import os
+import pathlib
+import re
 import shutil
 import sys
 
@@ -117,3 +119,27 @@ def test_build_says_what_it_compiles(monkeypatch, capfd, force, says):
     line = capfd.readouterr().out.strip()
     assert compiled and line.startswith(f"fpnops: building {says}")
     assert line.endswith(f" against torch {torch.__version__}; `pip install -v` shows the compiler's log")
+
+
+def test_setup_refuses_a_torch_outside_the_tested_range(monkeypatch, capfd):
+    setup = _setup_module()
+    monkeypatch.delenv("FPNOPS_ALLOW_UNTESTED_TORCH", raising=False)
+    for ok in ("2.11.0+cu130", "2.12.1", "2.14.1+cpu", torch.__version__):
+        assert setup.check_torch_version(ok) is True
+    for bad in ("2.10.0", "2.15.0.dev20270101", "3.0.0", "unknown"):
+        with pytest.raises(RuntimeError, match=f"torch {re.escape(bad)} is outside the range fpnops is tested "
+                                               r"with \(2.11 to 2.14.*FPNOPS_ALLOW_UNTESTED_TORCH=1"):
+            setup.check_torch_version(bad)
+    monkeypatch.setenv("FPNOPS_ALLOW_UNTESTED_TORCH", "1")
+    assert setup.check_torch_version("2.15.0") is False
+    assert "warning: torch 2.15.0 is outside the range" in capfd.readouterr().out
+
+
+def test_pyproject_readme_and_setup_state_one_torch_range():
+    setup = _setup_module()
+    (lo, lo_minor), (hi, hi_minor) = setup.TORCH_RANGE
+    spec = f"torch>={lo}.{lo_minor},<{hi}.{hi_minor + 1}"
+    root = pathlib.Path(__file__).resolve().parents[1]
+    pyproject = (root / "pyproject.toml").read_text()
+    assert f'dependencies = ["{spec}"]' in pyproject and f'"{spec}", "ninja"' in pyproject
+    assert f"torch {lo}.{lo_minor} to {hi}.{hi_minor} (`{spec}` in `pyproject.toml`" in (root / "README.md").read_text()

@@ -1,5 +1,6 @@
 """The CLI (`fpnops` and `python -m fpnops`): info, bench (tables, JSON as the README documents
 it, setup costs, plots, errors), and where it runs from (the source tree included)."""
+import argparse
 import json
 import os
 import pathlib
@@ -51,18 +52,33 @@ def _readme_keys(title):
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# The bench tests assert CPU figures: they say --device cpu, since bench defaults to cuda
+# wherever a GPU is visible (test_bench_tests_do_not_depend_on_a_visible_gpu).
+CPU = ("--device", "cpu")
+
+
+def test_bench_tests_do_not_depend_on_a_visible_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    assert bench.settings_from(parser.parse_args(["--quick"]), parser)["device"] == "cuda"
+    cfg = bench.settings_from(parser.parse_args([*CPU, "--quick"]), parser)
+    assert (cfg["device"], cfg["dtypes"], cfg["batch"], cfg["layout"]) == ("cpu", ["float32"], 1, "contiguous")
+    assert cfg["timing"] == "perf_counter, 1 call per sample"
 
 
 def test_bench_quick_writes_table_json_and_plot(tmp_path):
-    r = run("bench", "--quick", "--suite", "ops", "fpn", "--size", "64x96", "--rounds", "2",
+    r = run("bench", *CPU, "--quick", "--suite", "ops", "fpn", "--size", "64x96", "--rounds", "2",
             "--out", "b.json", "--plot", "b.png", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "x eager" in r.stdout and "upsample_add P2 1x256x16x24 float32" in r.stdout
+    assert "float32: IEEE; timing: perf_counter, 1 call per sample" in r.stdout
     assert "[1/4] ops: upsample_add P2 float32" in r.stderr  # progress
     data = json.loads((tmp_path / "b.json").read_text())
     assert list(data) == _readme_keys("bench JSON: the file")
-    assert data["schema"] == "fpnops.bench/2" and data["command"].startswith("python -m fpnops bench --quick")
+    assert data["schema"] == "fpnops.bench/3" and data["command"].startswith("python -m fpnops bench --device cpu --quick")
     assert data["settings"]["size"] == [64, 96] and data["settings"]["device"] == "cpu"
+    assert data["settings"]["float32"] == "IEEE" and data["settings"]["timing"] == "perf_counter, 1 call per sample"
     assert data["machine"]["torch"] == torch.__version__ and data["copy_GBps"] > 0
     assert data["compile_startup_ms"] > 0 and "torch.compile start-up: " in r.stdout
     assert data["machine"]["fpnops_backends"]["cuda_compiled"] == fpnops.backends()["cuda_compiled"]
@@ -73,10 +89,13 @@ def test_bench_quick_writes_table_json_and_plot(tmp_path):
         assert row["status"] == "ok", row
         assert row["median_ms"] > 0 and row["p20_ms"] <= row["median_ms"] <= row["p80_ms"]
         assert row["peak_MiB"] is None  # CUDA only
+        assert row["calls_per_sample"] == 1 and row["rel_err"] <= row["tol"]
         if row["impl"] == "eager":
             assert row["vs_eager"] == 1.0
     ups = [row for row in rows if row["case"].startswith("upsample_add")]
-    assert ups and all(row["GBps"] > 0 and row["rel_err"] == 0.0 for row in ups)
+    assert ups and all(row["GBps"] > 0 and row["rel_err"] == row["tol"] == 0.0 for row in ups)
+    convs = [row for row in rows if row["case"].startswith("conv_bn_act")]
+    assert convs and all(row["tol"] == 1e-4 for row in convs)  # float32: no rule from eager's error
     for row in rows:  # setup figures: the module cases only
         has_setup = row["suite"] == "fpn"
         assert (row["first_call_ms"] is not None) == has_setup
@@ -92,7 +111,7 @@ def test_bench_quick_writes_table_json_and_plot(tmp_path):
 
 
 def test_bench_backbone_quick_without_compile(tmp_path):
-    r = run("bench", "--suite", "backbone", "--quick", "--size", "64", "--rounds", "2",
+    r = run("bench", *CPU, "--suite", "backbone", "--quick", "--size", "64", "--rounds", "2",
             "--compile-mode", "none", "--out", "b.json", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     rows = json.loads((tmp_path / "b.json").read_text())["results"]
@@ -103,6 +122,20 @@ def test_bench_backbone_quick_without_compile(tmp_path):
     assert rows[0]["setup_ms"] is None and rows[0]["first_call_ms"] > 0
     assert all(row["breakeven_calls"] is None for row in rows)  # no compile to pay back
     assert json.loads((tmp_path / "b.json").read_text())["compile_startup_ms"] is None
+
+
+def test_bench_bfloat16_tolerance_from_eager_s_error(tmp_path):
+    r = run("bench", *CPU, "--suite", "ops", "--quick", "--size", "64", "--rounds", "2", "--dtype", "bfloat16",
+            "--compile-mode", "none", "--out", "b.json", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert all(row["status"] == "ok" for row in rows)
+    assert [row["tol"] for row in rows if row["case"].startswith("upsample_add")] == [0.0] * 4  # bit-exact
+    conv = {row["impl"]: row for row in rows if row["case"].startswith("conv_bn_act")}
+    assert set(conv) == {"eager", "native"} and conv["eager"]["rel_err"] > 1e-3  # bf16: rounded
+    assert conv["native"]["tol"] == pytest.approx(max(2e-2, 2 * conv["eager"]["rel_err"]))
+    tol = re.escape(f"{conv['native']['tol']:.1e}")
+    assert re.search(rf"conv_bn_act .* native .* {tol} +ok", r.stdout)  # the table shows it
 
 
 def test_breakeven_calls():

@@ -2,9 +2,12 @@
 compiled for the CPU (tests/cuda_emulation), run over every thread of every block of the grid
 the GPU launch would use, bit for bit against eager arithmetic with eager's CUDA rules (and
 against eager itself where its CPU rules are the same). Each case states the kernel variant it
-must take (16-byte packs or scalar, top / grad read as packs, NCHW / NHWC), so every variant is
-shown to run; 64-bit index math and the grid-stride loop are reached with small tensors by
-lowering the launch limits (and the boundary of the 32-bit choice is checked).
+must take (16-byte packs, narrower packs where a row is not a multiple of 16 bytes, or scalar;
+top / grad read as packs; NCHW / NHWC), so every variant is shown to run; 64-bit index math
+and the grid-stride loop are reached with small tensors by lowering the launch limits (and the
+boundary of the 32-bit choice is checked). conv_bn_act's launcher runs whole too (its output
+in eager's CUDA layout: ATen's cuDNN rule), and the compute-sanitizer list
+(cuda_emulation/variants.py) is checked to reach every variant.
 
 With a GPU, the same cases run through fpnops' CUDA kernels against eager on the GPU, with the
 same lowered limits (fpnops::_set_cuda_launch_limits), their variant read from the same launch
@@ -66,7 +69,8 @@ def values(shape, dtype, seed, special):
 
 def lay_out(t, layout, device):
     """A copy of `t` (dense NCHW, on the CPU) on `device` in `layout`: nchw / nhwc dense;
-    nchw+1 / nhwc+1 dense one element past a 16-byte boundary (storage offset 1); strided:
+    nchw+1 / nhwc+1 dense one element past a 16-byte boundary (storage offset 1), nchw+2 /
+    nhwc+2 two elements past (aligned to 2 elements, not to 16 bytes but in float64); strided:
     channels before rows in memory and every other column; nhwc_padded: channels_last with 3
     unused channels a pixel."""
     n, c, h, w = t.shape
@@ -75,10 +79,12 @@ def lay_out(t, layout, device):
         out = new(n, c, h, w)
     elif layout == "nhwc":
         out = new(n, h, w, c).permute(0, 3, 1, 2)
-    elif layout == "nchw+1":
-        out = new(t.numel() + 1)[1:].view(n, c, h, w)
-    elif layout == "nhwc+1":
-        out = new(t.numel() + 1)[1:].view(n, h, w, c).permute(0, 3, 1, 2)
+    elif layout in ("nchw+1", "nchw+2"):
+        k = int(layout[-1])
+        out = new(t.numel() + k)[k:].view(n, c, h, w)
+    elif layout in ("nhwc+1", "nhwc+2"):
+        k = int(layout[-1])
+        out = new(t.numel() + k)[k:].view(n, h, w, c).permute(0, 3, 1, 2)
     elif layout == "strided":
         out = new(n, h, c, 2 * w + 1).permute(0, 2, 1, 3)[..., 1::2]
     elif layout == "nhwc_padded":
@@ -115,13 +121,17 @@ def assert_same(out, ref, what):
                            f"{out[tuple(bad[0])].item()} != {ref[tuple(bad[0])].item()}")
 
 
-def describe(plan):
-    """The launch plan (fpnops_emu's list) in words: 'nhwc packed+top' etc.; 'none' when no
-    kernel ran (empty, zero, or eager's copy), and the index width."""
+def describe(plan, full):
+    """The launch plan (fpnops_emu's list) in words, `full` the dtype's 16-byte width: 'nhwc
+    packed+operand' (16-byte packs, the operand read as packs too), 'nchw packed4' (packs of 4
+    elements, narrower than 16 bytes), 'nchw scalar' etc.; 'none' when no kernel ran (empty,
+    zero, or eager's copy), and the index width."""
     vec, channels_last, operand_packed, index32, _work, blocks = plan
     if blocks == 0:
         return "none", None
-    path = ("packed" + ("+operand" if operand_packed else "")) if vec > 1 else "scalar"
+    path = "scalar"
+    if vec > 1:
+        path = "packed" + ("" if vec == full else str(vec)) + ("+operand" if operand_packed else "")
     return f"{'nhwc' if channels_last else 'nchw'} {path}", 32 if index32 else 64
 
 
@@ -141,14 +151,20 @@ def gpu_limits(max_blocks, max_index32):
 
 
 def want_of(case, dtype):
+    """The case's variant for `dtype`: one for all, or by the 16-byte width {8: ..., 4: ..., 2: ...}."""
     want = case["want"]
-    return want(VEC[dtype]) if callable(want) else want
+    return want[VEC[dtype]] if isinstance(want, dict) else want
 
 
 # --- upsample_add forward --------------------------------------------------------------------
 
-def _w20(v):  # a width that 4 and 2 divide and 8 does not
-    return "nchw packed" if 20 % v == 0 else "nchw scalar"
+def rows_of(n, layout="nchw", operand=""):
+    """The variant for rows of n elements (4 and 2 divide n, 8 does not): 8-element dtypes
+    (16-bit) in packs of 4 (8 bytes), the others in 16-byte packs."""
+    return {8: f"{layout} packed4{operand}", 4: f"{layout} packed{operand}", 2: f"{layout} packed{operand}"}
+
+
+ROWS_OF_2 = {8: "nchw packed2", 4: "nchw packed2", 2: "nchw packed"}  # 2 divides, 4 does not
 
 
 # (top shape, lateral (H, W), scale, top layout, lateral layout, the variant); "operand": top
@@ -165,7 +181,7 @@ FORWARD = {
     "nchw_scale": dict(top=(2, 3, 5, 8), hw=(12, 16), scale=(2.55, 2.0), lay=("nchw", "nchw"),
                        want="nchw packed"),
     "nchw_scale_2.05": dict(top=(2, 2, 10, 10), hw=(20, 20), scale=(2.05, 2.05),
-                            lay=("nhwc", "nchw"), want=_w20),
+                            lay=("nhwc", "nchw"), want=rows_of(20)),
     "nchw_equal": dict(top=(2, 3, 6, 16), hw=(6, 16), lay=("nchw", "nchw"), want="nchw packed"),
     "nchw_lateral_strided": dict(top=(2, 3, 5, 8), hw=(10, 16), lay=("nchw", "strided"),
                                  want="nchw scalar"),
@@ -189,6 +205,27 @@ FORWARD = {
                                want="nhwc packed+operand"),
     "nhwc_grid_stride": dict(top=(2, 24, 7, 9), hw=(14, 17), lay=("nhwc", "nhwc"),
                              want="nhwc packed+operand", max_blocks=1),
+    # Rows that are not a multiple of 16 bytes: packs of the widest power of two that divides
+    # them (FPN at 800x800: P3's W = 100, P4's W = 50), the lateral aligned to it.
+    "nchw_w100": dict(top=(2, 2, 3, 50), hw=(6, 100), lay=("nchw", "nchw"), want=rows_of(100)),
+    "nchw_w50": dict(top=(2, 2, 3, 25), hw=(6, 50), lay=("nchw", "nchw"), want=ROWS_OF_2),
+    "nchw_w12_scale": dict(top=(2, 3, 5, 5), hw=(11, 12), scale=(2.2, 2.4), lay=("nchw", "nchw"),
+                           want=rows_of(12)),
+    "nchw_w12_lateral_plus2": dict(top=(2, 3, 5, 6), hw=(10, 12), lay=("nchw", "nchw+2"),
+                                   want=ROWS_OF_2),
+    "nchw_w12_lateral_misaligned": dict(top=(2, 3, 5, 6), hw=(10, 12), lay=("nchw", "nchw+1"),
+                                        want="nchw scalar"),
+    "nchw_w12_grid_stride": dict(top=(2, 4, 8, 6), hw=(16, 12), lay=("nchw", "nchw"),
+                                 want=rows_of(12), max_blocks=1),
+    "nhwc_c12": dict(top=(2, 12, 5, 7), hw=(10, 14), lay=("nhwc", "nhwc"),
+                     want=rows_of(12, "nhwc", "+operand")),
+    "nhwc_c6_top_nchw": dict(top=(2, 6, 5, 7), hw=(10, 14), lay=("nchw", "nhwc"),
+                             want={8: "nhwc packed2", 4: "nhwc packed2", 2: "nhwc packed"}),
+    "nhwc_c12_top_plus2": dict(top=(2, 12, 5, 7), hw=(10, 14), lay=("nhwc+2", "nhwc"),
+                               want={8: "nhwc packed4", 4: "nhwc packed", 2: "nhwc packed+operand"}),
+    "nhwc_c12_lateral_plus2": dict(top=(2, 12, 5, 7), hw=(10, 14), lay=("nhwc", "nhwc+2"),
+                                   want={8: "nhwc packed2+operand", 4: "nhwc packed2+operand",
+                                         2: "nhwc packed+operand"}),
 }
 
 
@@ -240,7 +277,7 @@ def test_upsample_add_forward(emu, device, dtype, name):
             assert_same(out, forward_reference(top, lat, sh, sw), what)
             assert out.stride() == _nearest.output_strides(lat.shape, _nearest.output_memory_format(lat))
             if plan is not None:
-                assert describe(plan) == (want_of(case, dtype), index), what
+                assert describe(plan, VEC[dtype]) == (want_of(case, dtype), index), what
 
 
 # --- upsample_add backward (the gradient of top) ---------------------------------------------
@@ -273,6 +310,20 @@ BACKWARD = {
     "nhwc_grid_stride": dict(grad=(2, 24, 14, 18), top=(7, 9), lay="nhwc",
                              want="nhwc packed+operand", max_blocks=1),
     "equal_sizes_copy": dict(grad=(2, 3, 6, 16), top=(6, 16), lay="nchw", want="none"),
+    # top rows that are not a multiple of 16 bytes (P4 at 800x800: W = 50, from P3's 100)
+    "nchw_2x_w50": dict(grad=(2, 2, 6, 100), top=(3, 50), lay="nchw",
+                        want={8: "nchw packed2+operand", 4: "nchw packed2+operand",
+                              2: "nchw packed+operand"}),
+    "nchw_2x_w12": dict(grad=(2, 3, 10, 24), top=(5, 12), lay="nchw", want=rows_of(12, "nchw", "+operand")),
+    "nchw_2.5x_w12": dict(grad=(2, 3, 9, 30), top=(4, 12), lay="nchw", want=rows_of(12)),
+    "nchw_w12_grad_plus2": dict(grad=(2, 3, 10, 24), top=(5, 12), lay="nchw+2",
+                                want={8: "nchw packed4", 4: "nchw packed", 2: "nchw packed+operand"}),
+    "nchw_w12_grid_stride": dict(grad=(2, 4, 16, 24), top=(8, 12), lay="nchw",
+                                 want=rows_of(12, "nchw", "+operand"), max_blocks=1),
+    "nchw_odd_top_w25": dict(grad=(2, 2, 6, 50), top=(3, 25), lay="nchw", want="nchw scalar"),
+    "nhwc_c12": dict(grad=(2, 12, 10, 14), top=(5, 7), lay="nhwc", want=rows_of(12, "nhwc", "+operand")),
+    "nhwc_c6_grad_padded": dict(grad=(2, 6, 10, 14), top=(5, 7), lay="nhwc_padded",
+                                want={8: "nhwc packed2", 4: "nhwc packed2", 2: "nhwc packed"}),
 }
 
 
@@ -344,7 +395,7 @@ def test_upsample_add_backward_top(emu, device, dtype, name):
                     grad, th, tw, sh, sw, False, max_blocks, -1)[1]
             assert_same(gtop, backward_reference(grad, th, tw, sh, sw), what)
             if plan is not None:
-                assert describe(plan) == ((want, index) if want != "none" else ("none", None)), what
+                assert describe(plan, VEC[dtype]) == ((want, index) if want != "none" else ("none", None)), what
 
 
 # --- conv_bn_act's epilogue ------------------------------------------------------------------
@@ -352,8 +403,27 @@ def test_upsample_add_backward_top(emu, device, dtype, name):
 # (y shape, y layout, bias layout or None, residual layout or None, relu, the variant)
 EPILOGUE = {
     "nchw": dict(y=(2, 3, 4, 8), lay="nchw", bias="dense", res="nchw", want="nchw packed"),
+    # 210 elements: packs of 2 only (float64); planes of 35 elements, so packs cross planes
     "nchw_odd_plane": dict(y=(2, 3, 5, 7), lay="nchw", bias="dense", res="nchw",
-                           want="nchw scalar"),
+                           want={8: "nchw scalar", 4: "nchw scalar", 2: "nchw packed"}),
+    "nchw_odd_total": dict(y=(1, 3, 5, 7), lay="nchw", bias="dense", res="nchw", want="nchw scalar"),
+    # Packs that cross channel planes (HW % V != 0; P4 at 800x800: HW = 2500), each element
+    # with its own channel's bias; planes smaller than a pack (several channels a pack).
+    "nchw_planes_crossed": dict(y=(2, 8, 5, 7), lay="nchw", bias="dense", res="nchw",
+                                want="nchw packed"),
+    "nchw_planes_of_50": dict(y=(2, 4, 5, 10), lay="nchw", bias="dense", res="nchw", want="nchw packed"),
+    "nchw_planes_of_3": dict(y=(2, 8, 1, 3), lay="nchw", bias="dense", res="nchw", want="nchw packed"),
+    "nchw_planes_of_1": dict(y=(2, 16, 1, 1), lay="nchw", bias="dense", res="nchw", want="nchw packed"),
+    "nchw_planes_crossed_no_bias": dict(y=(2, 8, 5, 7), lay="nchw", bias=None, res="nchw",
+                                        want="nchw packed"),
+    "nchw_planes_crossed_bias_offset": dict(y=(2, 8, 5, 7), lay="nchw", bias="offset", res=None,
+                                            want="nchw packed"),
+    "nchw_planes_crossed_residual_misaligned": dict(y=(2, 8, 5, 7), lay="nchw", bias="dense",
+                                                    res="nchw+1", want="nchw scalar"),
+    "nchw_planes_crossed_grid_stride": dict(y=(2, 8, 9, 13), lay="nchw", bias="dense", res="nchw",
+                                            want="nchw packed", max_blocks=1),
+    "nhwc_residual_nchw": dict(y=(2, 16, 5, 7), lay="nhwc", bias="dense", res="nchw",
+                               want="nhwc packed"),
     "nchw_residual_misaligned": dict(y=(2, 3, 4, 8), lay="nchw", bias="dense", res="nchw+1",
                                      want="nchw scalar"),
     "nchw_residual_nhwc": dict(y=(2, 3, 4, 8), lay="nchw", bias="dense", res="nhwc",
@@ -406,6 +476,9 @@ def epilogue_reference(y, bias, res, relu):
 def test_conv_epilogue(emu, device, dtype, name):
     need(emu, device)
     case = EPILOGUE[name]
+    if device == "cuda" and dtype == torch.float64 and case["lay"].startswith("nhwc"):
+        pytest.skip("eager's cuDNN rule gives float64 convolutions NCHW outputs: conv_bn_act "
+                    "never runs the NHWC float64 epilogue (the emulated cases do)")
     relu = case.get("relu", True)
     c = case["y"][1]
     for special in (False, True):
@@ -429,10 +502,171 @@ def test_conv_epilogue(emu, device, dtype, name):
             assert_same(out, epilogue_reference(y, bias, res, relu), what)
             assert out.stride() == _nearest.output_strides(y.shape, _nearest.output_memory_format(y))
             if plan is not None:
-                assert describe(plan) == (want_of(case, dtype), index), what
+                assert describe(plan, VEC[dtype]) == (want_of(case, dtype), index), what
+
+
+# --- conv_bn_act's output layout: eager's CUDA (cuDNN) rule ---------------------------------
+
+def _cl_strided(shape):
+    """A tensor of `shape` with channels_last strides even where .contiguous(channels_last)
+    would keep NCHW ones (C == 1, or a 1x1 kernel: both formats hold, NCHW strides kept)."""
+    n, c, h, w = shape
+    return torch.randn(n, h, w, c).permute(0, 3, 1, 2)
+
+
+def _x(layout, shape=(2, 8, 5, 7)):
+    t = torch.randn(shape)
+    return {"nchw": t, "nhwc": t.contiguous(memory_format=torch.channels_last),
+            "nhwc_strides": _cl_strided(shape)}[layout]
+
+
+NCHW, CL = "contiguous_format", "channels_last"
+
+# ATen's cudnn_conv_suggest_memory_format (aten/src/ATen/native/ConvUtils.h): channels_last when
+# x or the weight suggests it (suggest_memory_format: strides, NCHW where ambiguous) and the
+# weight is 4-D; never for float64; channels_last_3d likewise for 5-D weights; with cuDNN off,
+# eager's CUDA convolutions return NCHW. (x, weight, dtype, the output's format)
+CUDA_LAYOUT_RULE = {
+    "both_nchw": (_x("nchw"), _x("nchw", (8, 8, 3, 3)), torch.float32, NCHW),
+    "x_nchw_weight_cl": (_x("nchw"), _x("nhwc", (8, 8, 3, 3)), torch.float32, CL),
+    "x_cl_weight_nchw": (_x("nhwc"), _x("nchw", (8, 8, 3, 3)), torch.float32, CL),
+    "both_cl": (_x("nhwc"), _x("nhwc", (8, 8, 3, 3)), torch.float32, CL),
+    "float16_weight_cl": (_x("nchw"), _x("nhwc", (8, 8, 3, 3)), torch.float16, CL),
+    "bfloat16_x_cl": (_x("nhwc"), _x("nchw", (8, 8, 3, 3)), torch.bfloat16, CL),
+    "float64_both_cl": (_x("nhwc"), _x("nhwc", (8, 8, 3, 3)), torch.float64, NCHW),
+    "float64_weight_cl": (_x("nchw"), _x("nhwc", (8, 8, 3, 3)), torch.float64, NCHW),
+    # ambiguous: .contiguous(channels_last) keeps NCHW strides, which suggest NCHW
+    "one_channel_x_cl_contiguous": (_x("nhwc", (2, 1, 5, 7)), _x("nchw", (8, 1, 3, 3)), torch.float32, NCHW),
+    "one_channel_x_cl_strides": (_x("nhwc_strides", (2, 1, 5, 7)), _x("nchw", (8, 1, 3, 3)),
+                                 torch.float32, CL),
+    "one_pixel_x_cl_contiguous": (_x("nhwc", (2, 8, 1, 1)), _x("nchw", (8, 8, 1, 1)), torch.float32, NCHW),
+    "one_pixel_x_cl_strides": (_x("nhwc_strides", (2, 8, 1, 1)), _x("nchw", (8, 8, 1, 1)), torch.float32, CL),
+    "1x1_weight_cl_contiguous": (_x("nchw"), _x("nhwc", (8, 8, 1, 1)), torch.float32, NCHW),
+    # as Module.to(memory_format=torch.channels_last) lays out a 1x1 conv's weight
+    "1x1_weight_cl_strides": (_x("nchw"), _x("nhwc_strides", (8, 8, 1, 1)), torch.float32, CL),
+    "conv1d": (torch.randn(2, 8, 7), torch.randn(8, 8, 3), torch.float32, NCHW),
+    "conv3d_cl3d": (torch.randn(2, 8, 3, 5, 7).contiguous(memory_format=torch.channels_last_3d),
+                    torch.randn(8, 8, 3, 3, 3), torch.float32, "channels_last_3d"),
+    "conv3d_weight_cl3d": (torch.randn(2, 8, 3, 5, 7),
+                           torch.randn(8, 8, 3, 3, 3).contiguous(memory_format=torch.channels_last_3d),
+                           torch.float32, "channels_last_3d"),
+    "x_cl_weight_3d": (_x("nhwc"), torch.randn(8, 8, 3), torch.float32, NCHW),  # the weight's rank decides
+}
+
+
+def cuda_layout(name):
+    x, w, dtype, want = CUDA_LAYOUT_RULE[name]
+    if not torch.backends.cudnn.is_available():
+        want = NCHW  # a torch built without cuDNN: its CUDA convolutions return NCHW
+    return x.to(dtype), w.to(dtype), want
+
+
+@pytest.mark.parametrize("name", CUDA_LAYOUT_RULE)
+def test_conv_output_layout_is_eager_cuda_rule(emu, name):
+    """conv_bn_act's CUDA layout rule (conv_bn_act.h: conv_output_format_cuda, ATen's own
+    function) against the table of eager's CUDA rule; NCHW with cuDNN off. Before issue 20
+    fix 3 the launcher took x's format (x NCHW, weight channels_last gave NCHW)."""
+    need(emu, "emulated")
+    x, w, want = cuda_layout(name)
+    assert emu.conv_output_format(x, w) == want
+    with torch.backends.cudnn.flags(enabled=False):
+        assert emu.conv_output_format(x, w) == NCHW
+
+
+# conv_bn_act's launcher (conv_bn_act_launch) run whole in the emulation: (rule case, residual
+# layout, the epilogue's variant). ATen's CPU convolution stands in for cuDNN; where its layout
+# differs (float64: channels_last for a channels_last x or weight), the launcher's copy runs.
+LAUNCHER = {
+    "x_nchw_weight_cl": ("x_nchw_weight_cl", "nhwc", "nhwc packed"),
+    "x_nchw_weight_cl_residual_nchw": ("x_nchw_weight_cl", "nchw", "nhwc packed"),
+    "x_cl_weight_nchw": ("x_cl_weight_nchw", "nhwc", "nhwc packed"),
+    "both_nchw_residual_cl": ("both_nchw", "nhwc", "nchw packed"),
+    "float16_weight_cl": ("float16_weight_cl", "nhwc", "nhwc packed"),
+    "float64_both_cl": ("float64_both_cl", "nhwc", "nchw packed"),
+    # channels_last strides, read in NCHW order: for one pixel the same memory order
+    "one_pixel_x_cl_strides": ("one_pixel_x_cl_strides", "nchw", "nchw packed"),
+    "1x1_weight_cl_strides": ("1x1_weight_cl_strides", "nchw", "nhwc packed"),
+}
+
+
+@pytest.mark.parametrize("name", LAUNCHER)
+def test_conv_bn_act_launcher_output_layout(emu, name):
+    """The CUDA launcher's host code, emulated on CPU tensors: its output in eager's CUDA
+    layout (the rule above), a residual in either layout, bit for bit the epilogue of ATen's
+    convolution."""
+    need(emu, "emulated")
+    rule, res_layout, want = LAUNCHER[name]
+    x, w, fmt = cuda_layout(rule)
+    n, c, (h, wd) = x.shape[0], w.shape[0], x.shape[2:]
+    h, wd = h - w.shape[2] + 1, wd - w.shape[3] + 1
+    bias = values((c,), x.dtype, 6, True)
+    res = lay_out(values((n, c, h, wd), x.dtype, 5, True), res_layout, "cpu")
+    out, plan = emu.conv_bn_act(x, w, bias, [1, 1], [0, 0], [1, 1], 1, res, True, -1, -1)
+    memory_format = torch.channels_last if fmt == CL else torch.contiguous_format
+    assert out.stride() == _nearest.output_strides(out.shape, memory_format)
+    y = torch.ops.aten.convolution(x, w, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1)
+    assert_same(out, epilogue_reference(y, bias, res, True), name)
+    assert describe(plan, VEC[x.dtype]) == (want, 32)
+
+
+@CUDA_SKIP
+@pytest.mark.parametrize("name", [n for n, (x, w, _, _) in CUDA_LAYOUT_RULE.items()
+                                  if x.dim() == w.dim() == 4])
+def test_gpu_conv_bn_act_layout_is_eagers(name):
+    """On the GPU: conv_bn_act's output has the rule's format, and eager's (relu(F.conv2d))
+    strides wherever a dimension has more than one element (eager's ReLU may give size-1
+    dimensions other strides)."""
+    x, w, want = cuda_layout(name)
+    x, w = x.cuda(), w.cuda()
+    b = torch.randn(w.shape[0], dtype=x.dtype, device="cuda")
+    ref = torch.relu(torch.nn.functional.conv2d(x, w, b))
+    out = torch.ops.fpnops.conv_bn_act(x, w, b, [1, 1], [0, 0], [1, 1], 1, None, True)
+    memory_format = torch.channels_last if want == CL else torch.contiguous_format
+    assert out.stride() == _nearest.output_strides(out.shape, memory_format)
+    assert [s for s, n in zip(out.stride(), out.shape) if n > 1] == \
+        [s for s, n in zip(ref.stride(), ref.shape) if n > 1]
 
 
 # --- the launch plans' own rules -------------------------------------------------------------
+
+def test_fpn_800_float16_nchw_takes_vector_paths(emu):
+    """FPN at 800x800 in float16 NCHW (issue 20 fix 9): P3's rows of 100 and P4's of 50 are no
+    multiple of 16 bytes; they take packs of 4 and 2 elements (were scalar), P4's epilogue
+    (2500 elements a plane) 16-byte packs across planes (was scalar). P5's top rows of 25 stay
+    scalar (no power of two divides 25)."""
+    need(emu, "emulated")
+    h = torch.float16
+    p = {s: torch.empty(1, 256, s, s, dtype=h) for s in (100, 50, 25)}
+    fwd = {s: emu.upsample_add(p[s // 2], p[s], None, None, False, -1, -1)[1] for s in (100, 50)}
+    bwd = {s: emu.upsample_add_backward_top(p[s], s // 2, s // 2, None, None, False, -1, -1)[1]
+           for s in (100, 50)}
+    epi = {s: emu.conv_epilogue(p[s], p[s][0, :, 0, 0].clone(), p[s], True, False, -1, -1)[1]
+           for s in (100, 50)}
+    assert describe(fwd[100], 8) == ("nchw packed4", 32) and describe(fwd[50], 8) == ("nchw packed2", 32)
+    assert describe(bwd[100], 8) == ("nchw packed2+operand", 32)  # gradient of P4 (top rows of 50)
+    assert describe(bwd[50], 8) == ("nchw scalar", 32)
+    assert describe(epi[100], 8) == describe(epi[50], 8) == ("nchw packed", 32)
+
+
+def test_sanitizer_cases_cover_every_variant(emu):
+    """tests/cuda_emulation/variants.py (compute-sanitizer's list): each case takes the variant
+    and branch it names (by the launch plans), and together they reach every variant the
+    launchers can pick but the unreachable ones, and both branches of each packed upsample_add
+    variant."""
+    need(emu, "emulated")
+    from cuda_emulation import variants
+    taken = [variants.emulated_variant(case, emu) for case in variants.CASES]
+    assert taken == [(case.variant, case.operand_packed) for case in variants.CASES]
+    reached = {v for v, _ in taken}
+    assert reached == variants.all_variants() - variants.UNREACHABLE
+    both = {v for v, operand in taken if operand}
+    assert both == {v for v in reached if v.vec > 1 and v.kernel != variants.EPILOGUE
+                    and (v.channels_last or v.kernel == variants.BACKWARD)}
+    # unreachable: the rule never gives float64 a channels_last output
+    x, w = _x("nhwc").double(), _x("nhwc", (8, 8, 3, 3)).double()
+    assert emu.conv_output_format(x, w) == NCHW
+    assert len(variants.sanitizer_cases()) == len(variants.CASES) == 186
+
 
 def test_index_width_is_32_bit_exactly_while_every_offset_fits(emu):
     """The largest offset any operand can form decides: at the limit 32-bit, one past it 64."""
@@ -444,7 +678,7 @@ def test_index_width_is_32_bit_exactly_while_every_offset_fits(emu):
     assert largest == 10000 + 15 * 35 + 4 * 7 + 6 > lat.numel() - 1  # top's, not the output's
     for limit, index in ((largest, 32), (largest - 1, 64)):
         out, plan = emu.upsample_add(top, lat, None, None, True, -1, limit)
-        assert describe(plan)[1] == index
+        assert describe(plan, VEC[torch.float32])[1] == index
         assert_same(out, forward_reference(top, lat, None, None), f"limit {limit}")
 
 
@@ -534,7 +768,7 @@ def test_gpu_epilogue_past_2_pow_31_elements(emu, layout, shape):
     assert x.numel() > 2**31
     if emu is not None:
         plan = emu.conv_epilogue(x, b, r, True, False, -1, -1)[1]
-        assert describe(plan) == (f"{layout} packed", 64) and plan[4] > plan[5] * 256
+        assert describe(plan, VEC[torch.float16]) == (f"{layout} packed", 64) and plan[4] > plan[5] * 256
     eye = torch.eye(c, dtype=torch.float16, device="cuda").view(c, c, 1, 1)
     out = torch.ops.fpnops.conv_bn_act(x, eye, b, [1, 1], [0, 0], [1, 1], 1, r, True)
     for rows in (slice(0, 2), slice(-2, None)):

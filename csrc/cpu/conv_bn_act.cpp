@@ -116,7 +116,9 @@ at::Tensor conv_bn_act_cpu(const at::Tensor& x, const at::Tensor& weight,
                            const std::optional<at::Tensor>& bias_in, at::IntArrayRef stride,
                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                            const std::optional<at::Tensor>& residual, bool relu) {
-  const auto fmt = x.suggest_memory_format();  // the output's layout
+  check_conv_bn_act("conv_bn_act", x, weight, /*packed_weight=*/false, bias_in, stride, padding,
+                    dilation, groups, residual);  // before the layout rule reads the arguments
+  const auto fmt = conv_output_format_cpu(x, weight, bias_in, stride, padding, dilation, groups);
   const auto res = checked_residual("conv_bn_act", x, weight, /*packed_weight=*/false, bias_in, stride,
                                     padding, dilation, groups, residual, fmt);
   const auto bias = dense_bias(bias_in);

@@ -118,7 +118,9 @@ inline int64_t max_offset(const at::Tensor& t) {
 
 // The variant a launcher chose, the same for the GPU and the emulation (the tests read it).
 struct LaunchPlan {
-  int vec = 1;                  // elements per work item: 16 bytes' worth (packed) or 1 (scalar)
+  int vec = 1;                  // elements per work item: 16 bytes' worth (packed), a narrower
+                                // power of two (upsample_add, where rows are not 16-byte
+                                // multiples) or 1 (scalar)
   bool channels_last = false;   // the work items' order: the output's memory format
   bool operand_packed = false;  // forward: top read as packs; backward: grad read as packs
   bool index32 = true;          // 32-bit index math (else 64-bit)
@@ -126,9 +128,10 @@ struct LaunchPlan {
   int64_t blocks = 0;           // grid size (1-D, kThreads threads a block)
 };
 
-// Calls f(std::integral_constant<int, V or 1>, std::bool_constant<channels_last>,
-// index_t{}) for the plan's variant: the one place the template arguments are chosen.
-template <int V, typename F>
+// Calls f(std::integral_constant<int, plan.vec>, std::bool_constant<channels_last>, index_t{})
+// for the plan's variant: the one place the template arguments are chosen. The widths compiled:
+// V (16 bytes) and 1; with Narrow, also every power of two between (V / 2, ..., 2).
+template <int V, bool Narrow = false, typename F>
 void with_variant(const LaunchPlan& plan, F&& f) {
   auto index = [&](auto vec, auto cl) {
     if (plan.index32) {
@@ -146,7 +149,11 @@ void with_variant(const LaunchPlan& plan, F&& f) {
   };
   if (plan.vec == V) {
     layout(std::integral_constant<int, V>{});
+  } else if constexpr (Narrow && V > 2) {
+    with_variant<V / 2, Narrow>(plan, f);
   } else {
+    // A width the plan may not choose would run the scalar kernel over plan.work items.
+    TORCH_INTERNAL_ASSERT(plan.vec == 1, "with_variant: no kernel for width ", plan.vec);
     layout(std::integral_constant<int, 1>{});
   }
 }

@@ -4,15 +4,19 @@
 //
 // Work items follow the output's memory order (NCHW, or channels_last): V consecutive
 // elements along its innermost dimension (W, or C) per item, V = 16 bytes' worth where the
-// layout allows (packed), else 1 (scalar). Each item splits its index into (row, pack in row)
-// and the row into the other three coordinates with fixed divisors (Divider: multiply and
-// shift with 32-bit indices, used whenever every offset fits in int32).
+// layout allows (packed); where the row (W or C elements) is not a multiple of 16 bytes, the
+// widest power of two that divides it (fp16 W = 100: 4 elements, 8 bytes; W = 50: 2), so that
+// an item never straddles a row and every row starts aligned; 1 (scalar) where none does.
+// Each item splits its index into (row, pack in row) and the row into the other three
+// coordinates with fixed divisors (Divider: multiply and shift with 32-bit indices, used
+// whenever every offset fits in int32).
 #pragma once
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 
+#include <initializer_list>
 #include <optional>
 
 #include "../nearest_index.h"
@@ -74,7 +78,7 @@ struct UpsampleAddArgs {
   bool top_packed;  // channels_last: top's V channels are one aligned Pack too
 };
 
-// V > 1 (packed): lateral has the output's layout, both 16-byte aligned, and move as Packs;
+// V > 1 (packed): lateral has the output's layout, both V-element aligned, and move as Packs;
 // top is gathered per element (NCHW: along W the nearest gather repeats and skips columns)
 // or, channels_last with top_packed, read as one Pack of V channels.
 template <typename scalar_t, int V, bool CL, typename index_t>
@@ -118,6 +122,26 @@ struct UpsampleAddKernel {
   }
 };
 
+// The widest item (a power of two <= V elements) that divides a row of `inner` elements and
+// at which every tensor in `ts` starts aligned (1: scalar).
+inline int pack_width(int V, int64_t inner, std::initializer_list<const at::Tensor*> ts) {
+  int v = V;
+  const auto aligned = [&] {
+    for (const at::Tensor* t : ts) {
+      if (!aligned_to(t->const_data_ptr(), v * t->element_size())) return false;
+    }
+    return true;
+  };
+  while (v > 1 && (inner % v != 0 || !aligned())) v /= 2;
+  return v;
+}
+
+// Whether t's V channels at every pixel are one aligned Pack (channels_last reads of top/grad).
+inline bool channel_packs(const at::Tensor& t, int v) {
+  return v > 1 && t.stride(1) == 1 && t.stride(3) % v == 0 && t.stride(2) % v == 0 &&
+         t.stride(0) % v == 0 && aligned_to(t.const_data_ptr(), v * t.element_size());
+}
+
 // The variant for `out` (dense, the lateral's memory format): the host decision both the GPU
 // launch and the emulation use.
 inline LaunchPlan plan_upsample_add(const at::Tensor& out, const at::Tensor& top,
@@ -126,12 +150,9 @@ inline LaunchPlan plan_upsample_add(const at::Tensor& out, const at::Tensor& top
   plan.channels_last = !out.is_contiguous();
   const auto fmt = plan.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const int64_t inner = plan.channels_last ? out.size(1) : out.size(3);
-  const bool packed = inner % V == 0 && lat.is_contiguous(fmt) && aligned16(lat.const_data_ptr()) &&
-                      aligned16(out.const_data_ptr());
-  plan.vec = packed ? V : 1;
-  plan.operand_packed = packed && plan.channels_last && top.stride(1) == 1 &&
-                        top.stride(3) % V == 0 && top.stride(2) % V == 0 &&
-                        top.stride(0) % V == 0 && aligned16(top.const_data_ptr());
+  // The lateral moves as Packs at the output's offsets: it needs the output's layout.
+  plan.vec = lat.is_contiguous(fmt) ? pack_width(V, inner, {&lat, &out}) : 1;
+  plan.operand_packed = plan.channels_last && channel_packs(top, plan.vec);
   plan.index32 = std::max({max_offset(out), max_offset(lat), max_offset(top)}) <= limits.max_index32;
   plan.work = out.numel() / plan.vec;
   plan.blocks = num_blocks(plan.work, limits);
@@ -151,7 +172,7 @@ LaunchPlan upsample_add_launch(at::Tensor& out, const at::Tensor& top, const at:
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, lat.scalar_type(), "upsample_add_cuda", [&] {
     constexpr int V = 16 / sizeof(scalar_t);
     plan = plan_upsample_add(out, top, lat, V, limits);
-    with_variant<V>(plan, [&](auto vec, auto cl, auto index) {
+    with_variant<V, /*Narrow=*/true>(plan, [&](auto vec, auto cl, auto index) {
       using index_t = decltype(index);
       using K = UpsampleAddKernel<scalar_t, decltype(vec)::value, decltype(cl)::value, index_t>;
       typename K::Args a{out.mutable_data_ptr<scalar_t>(), lat.const_data_ptr<scalar_t>(),
@@ -253,16 +274,15 @@ inline LaunchPlan plan_backward_top(const at::Tensor& gtop, const at::Tensor& gr
   plan.channels_last = !gtop.is_contiguous();
   const int64_t TW = gtop.size(3);
   const int64_t inner = plan.channels_last ? gtop.size(1) : TW;
-  const bool packed = inner % V == 0 && aligned16(gtop.const_data_ptr());
-  plan.vec = packed ? V : 1;
-  const bool grad_aligned = aligned16(grad.const_data_ptr()) && grad.stride(0) % V == 0;
+  const int v = plan.vec = pack_width(V, inner, {&gtop});
   if (plan.channels_last) {
-    plan.operand_packed = packed && grad_aligned && grad.stride(1) == 1 &&
-                          grad.stride(2) % V == 0 && grad.stride(3) % V == 0;
+    plan.operand_packed = channel_packs(grad, v);
   } else {  // windows [2i, 2i + 2): s == 2 exactly and float(i) exact (i <= 2^24)
-    plan.operand_packed = packed && grad_aligned && rw.scale == 2.0f && 2 * TW <= grad.size(3) &&
+    plan.operand_packed = v > 1 && aligned_to(grad.const_data_ptr(), v * grad.element_size()) &&
+                          rw.scale == 2.0f && 2 * TW <= grad.size(3) &&
                           TW <= (int64_t(1) << 24) && grad.stride(3) == 1 &&
-                          grad.stride(2) % V == 0 && grad.stride(1) % V == 0;
+                          grad.stride(2) % v == 0 && grad.stride(1) % v == 0 &&
+                          grad.stride(0) % v == 0;
   }
   plan.index32 = std::max(max_offset(gtop), max_offset(grad)) <= limits.max_index32;
   plan.work = gtop.numel() / plan.vec;
@@ -293,7 +313,7 @@ LaunchPlan upsample_add_backward_top_launch(at::Tensor& gtop, const at::Tensor& 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "upsample_add_backward_top_cuda", [&] {
     constexpr int V = 16 / sizeof(scalar_t);
     plan = plan_backward_top(gtop, grad, rw, V, limits);
-    with_variant<V>(plan, [&](auto vec, auto cl, auto index) {
+    with_variant<V, /*Narrow=*/true>(plan, [&](auto vec, auto cl, auto index) {
       using index_t = decltype(index);
       using K = UpsampleAddBackwardTopKernel<scalar_t, decltype(vec)::value, decltype(cl)::value, index_t>;
       typename K::Args a{gtop.mutable_data_ptr<scalar_t>(), grad.const_data_ptr<scalar_t>(),

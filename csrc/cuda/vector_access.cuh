@@ -1,4 +1,5 @@
-// 16-byte vector loads and stores shared by the CUDA kernels (and their CPU emulation).
+// Vector loads and stores (16 bytes, or narrower where a row is not a multiple of 16 bytes)
+// shared by the CUDA kernels (and their CPU emulation).
 #pragma once
 #include <cstdint>
 
@@ -6,7 +7,8 @@
 
 namespace fpnops {
 
-// N elements moved as one aligned access (N * sizeof(T) == 16 for the vector paths).
+// N elements moved as one aligned access (N * sizeof(T): 16 bytes for the full-width paths,
+// 8 or 4 for the narrower ones).
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Pack {
   T v[N];
@@ -22,6 +24,9 @@ FPNOPS_HOST_DEVICE void store_pack(T* p, const Pack<T, N>& v) {
   *reinterpret_cast<Pack<T, N>*>(p) = v;
 }
 
-inline bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+inline bool aligned_to(const void* ptr, int64_t bytes) {
+  return reinterpret_cast<uintptr_t>(ptr) % static_cast<uintptr_t>(bytes) == 0;
+}
+inline bool aligned16(const void* ptr) { return aligned_to(ptr, 16); }
 
 }  // namespace fpnops

@@ -1,30 +1,32 @@
 """What `python -m fpnops bench` shows and keeps: the table, the JSON file, the bar chart.
 
-JSON schema "fpnops.bench/2" (documented key by key in the README):
+JSON schema "fpnops.bench/3" (documented key by key in the README):
   {"schema", "date" (ISO 8601, UTC), "elapsed_s", "command", "settings": {suites, device, dtypes, batch,
-   size [H, W], layout, rounds, warmup, quick, compile_mode}, "machine": {fpnops, torch, cuda,
+   size [H, W], layout, rounds, warmup, quick, compile_mode, timing, float32}, "machine": {fpnops, torch, cuda,
    triton, python, platform, cpu, cpu_count, cpu_threads, cpu_capability, gpu?, fpnops_backends},
    "copy_GBps" (null if no memory-bound case ran), "compile_startup_ms" (null without compile or
    module cases), "results": [row, ...]}
   row: {"suite", "case", "dtype", "impl", "status" ("ok" | "wrong" | "failed"), "note",
-        "rel_err" (vs the case's reference; null if failed), "median_ms", "p20_ms", "p80_ms",
-        "vs_eager", "vs_compile", "GBps", "pct_of_copy", "peak_MiB", "setup_ms", "first_call_ms",
+        "rel_err" (vs the case's reference; null if failed), "tol" (the most rel_err may be; 0.0:
+        bit-identical), "median_ms", "p20_ms", "p80_ms", "calls_per_sample", "vs_eager", "vs_compile", "GBps", "pct_of_copy", "peak_MiB", "setup_ms", "first_call_ms",
         "breakeven_calls", "params"}
   Figures a row does not have are null: timings of a wrong or failed impl, vs_compile without a
   compile baseline, GB/s for compute-bound cases, peak memory on the CPU, setup figures of the
   ops suite. /1 -> /2: elapsed_s, compile_startup_ms, setup_ms, first_call_ms, breakeven_calls.
+  /2 -> /3: settings.timing, settings.float32, tol, calls_per_sample; CUDA rows are timed per
+  call with L2 flushed and float32 rows without TF32 (/2 timed one call after a sync, in TF32).
 """
 import json
 
-SCHEMA = "fpnops.bench/2"
-ROW_KEYS = ("suite", "case", "dtype", "impl", "status", "note", "rel_err", "median_ms", "p20_ms",
-            "p80_ms", "vs_eager", "vs_compile", "GBps", "pct_of_copy", "peak_MiB", "setup_ms",
+SCHEMA = "fpnops.bench/3"
+ROW_KEYS = ("suite", "case", "dtype", "impl", "status", "note", "rel_err", "tol", "median_ms", "p20_ms",
+            "p80_ms", "calls_per_sample", "vs_eager", "vs_compile", "GBps", "pct_of_copy", "peak_MiB", "setup_ms",
             "first_call_ms", "breakeven_calls", "params")
 
 _COLUMNS = (("case", 50, "{}"), ("impl", 7, "{}"), ("median ms", 10, "{:.3f}"),
             ("p20-p80 ms", 17, None), ("x eager", 7, "{:.2f}"), ("x compile", 9, "{:.2f}"),
             ("GB/s", 7, "{:.1f}"), ("% copy", 6, "{:.0f}"), ("peak MiB", 8, "{:.0f}"),
-            ("rel err", 8, "{:.1e}"), ("setup s", 7, "{:.2f}"), ("1st call s", 10, "{:.2f}"),
+            ("rel err", 8, "{:.1e}"), ("tol", 7, "{}"), ("setup s", 7, "{:.2f}"), ("1st call s", 10, "{:.2f}"),
             ("pays back", 9, "{}"))
 
 
@@ -37,6 +39,7 @@ def format_row(r):
     vals = {"case": f"{r['case']} {r['dtype']}", "impl": r["impl"], "median ms": r["median_ms"],
             "x eager": r["vs_eager"], "x compile": r["vs_compile"], "GB/s": r["GBps"],
             "% copy": r["pct_of_copy"], "peak MiB": r["peak_MiB"], "rel err": r["rel_err"],
+            "tol": None if r["tol"] is None else "exact" if r["tol"] == 0.0 else f"{r['tol']:.1e}",
             "setup s": None if r["setup_ms"] is None else r["setup_ms"] / 1e3,
             "1st call s": None if r["first_call_ms"] is None else r["first_call_ms"] / 1e3,
             "pays back": r["breakeven_calls"]}

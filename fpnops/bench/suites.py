@@ -2,12 +2,15 @@
 
 A case holds the eager PyTorch baseline ("eager"), torch.compile of that same baseline
 ("compile") and fpnops' versions of it ("native"/"triton" for the ops, "fpnops" for modules),
-what each must produce (`expected`, and how close: `tol`), and the bytes a fused memory-bound op
-must move at least (for GB/s). Cases are built lazily: listing a suite costs nothing, building a
-case allocates its tensors and models. The module cases (fpn, backbone) also time what a user
+what each must produce (`expected`, and how close: `tol`, `eager_factor`), and the bytes a fused
+memory-bound op must move at least (for GB/s). The inference cases (the ops, the FPN forward,
+the backbones) run every impl under torch.inference_mode(), as inference runs; the FPN
+forward+backward runs with autograd. Cases are built lazily: listing a suite costs nothing,
+building a case allocates its tensors and models. The module cases (fpn, backbone) also time what a user
 pays before the first call: fpnops.fuse() / FusedFPN.from_module() and the torch.compile() call
 (`setup_ms`); the bench then times each impl's first call, compiling from a cold cache.
 """
+import contextlib
 import copy
 import math
 from collections import OrderedDict
@@ -39,6 +42,9 @@ class Case:
     # "compile": the torch.compile() call); the bench then times first calls too, compiling from
     # a cold cache. None (the ops): no setup figures.
     setup_ms: Optional[Dict[str, float]] = None
+    # Half dtypes against a float64 reference: an impl may also be off by this many times eager's
+    # own error in the same run (its tol: max(tol, eager_factor x eager's)). None: tol as given.
+    eager_factor: Optional[float] = None
 
 
 @dataclass
@@ -65,8 +71,45 @@ class Settings:
 
     def loose_tol(self):
         """What a correct float computation that rounds differently (folded BN, another conv
-        algorithm, another summation order) may differ by, relative to a float64 reference."""
+        algorithm, another summation order) may differ by, relative to a float64 reference.
+        float32 is IEEE float32 on every device (ieee_float32); half dtypes: the floor of
+        eager_factor's rule."""
         return 1e-4 if self.dtype in (torch.float32, torch.float64) else 2e-2
+
+    def eager_factor(self):
+        """Case.eager_factor for a float64 reference: None for float32 (1e-4 holds), 2 for half
+        dtypes, whose error grows with depth (eager bfloat16 ResNet50 alone is ~1e-2 off)."""
+        return None if self.dtype in (torch.float32, torch.float64) else 2.0
+
+
+@contextlib.contextmanager
+def ieee_float32(device):
+    """float32 convolutions and matmuls in IEEE float32 while the bench runs (restored after);
+    yields what float32 means in this run. On CUDA, cuDNN runs float32 convs in TF32 by default
+    (torch.backends.cudnn.allow_tf32 is True; the per-op API of torch >= 2.9 says the same,
+    torch.backends.cudnn.conv.fp32_precision == "tf32"), which eager, compile and fpnops' native
+    conv (at::convolution) follow and fpnops' Triton 1x1 conv does not (tl.dot in "ieee"): a
+    correct TF32 conv is ~1e-3 off, and the float32 rows would compare unlike things. CPU
+    float32 is IEEE already: nothing changes."""
+    if device != "cuda":
+        yield "IEEE"
+        return
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    # The legacy switches set the per-op flags too and keep both views alike; inductor reads
+    # both. Their getter refuses a process that set the per-op flags itself: then those.
+    switches = [(cudnn, "allow_tf32", False), (matmul, "allow_tf32", False)]
+    try:
+        saved = [getattr(obj, name) for obj, name, _ in switches]
+    except RuntimeError:
+        switches = [(obj, "fp32_precision", "ieee") for obj in (cudnn.conv, cudnn.rnn, matmul)]
+        saved = [getattr(obj, name) for obj, name, _ in switches]
+    try:
+        for obj, name, off in switches:
+            setattr(obj, name, off)
+        yield "IEEE (TF32 off)"
+    finally:
+        for (obj, name, _), value in zip(switches, saved):
+            setattr(obj, name, value)
 
 
 def level_size(size, stride):
@@ -100,6 +143,17 @@ def _with_baselines(s, eager, others):
     return impls
 
 
+def _inference(impls):
+    """Each impl called under torch.inference_mode(), as inference runs (torch.compile traces
+    it so too): no autograd bookkeeping is timed."""
+    def under(fn):
+        def run():
+            with torch.inference_mode():
+                return fn()
+        return run
+    return {k: under(fn) for k, fn in impls.items()}
+
+
 # --- ops: upsample_add and conv_bn_act on the shapes a ResNet50-FPN gives them -----------------
 
 def _upsample_add_case(s, level):
@@ -108,8 +162,8 @@ def _upsample_add_case(s, level):
     h, w = level_size(s.size, stride)
     th, tw = level_size(s.size, 2 * stride)
     lat, top = s.randn(s.batch, 256, h, w), s.randn(s.batch, 256, th, tw)
-    impls = _with_baselines(s, lambda: upsample_add_reference(top, lat), {
-        b: (lambda b=b: fpnops.upsample_add(top, lat, backend=b)) for b in _fused_op_backends(s.device)})
+    impls = _inference(_with_baselines(s, lambda: upsample_add_reference(top, lat), {
+        b: (lambda b=b: fpnops.upsample_add(top, lat, backend=b)) for b in _fused_op_backends(s.device)}))
     tol = {k: 0.0 for k in impls}  # nearest upsample + one rounded add: exact everywhere
     return Case(f"upsample_add P{level} {s.batch}x256x{h}x{w}", {"op": "upsample_add", "level": level,
                 "lateral_shape": list(lat.shape), "top_shape": list(top.shape)},
@@ -131,7 +185,8 @@ def _conv_bn_act_case(s, which):
     eager_mod = eager_mod.to(s.device, s.dtype, memory_format=s.memory_format)
     x = s.randn(s.batch, cin, h, w)
     res = s.randn(s.batch, cout, h, w) if with_res else None
-    weight, bias = fpnops.fold_conv_bn(eager_mod[0], eager_mod[1])  # cached by the fused modules
+    # cached by the fused modules; detached, as those are: the op must not run its autograd path
+    weight, bias = (t.detach() for t in fpnops.fold_conv_bn(eager_mod[0], eager_mod[1]))
 
     def eager():  # what the fusion replaces: conv, BN, (add,) ReLU as separate kernels
         y = eager_mod(x)
@@ -143,10 +198,10 @@ def _conv_bn_act_case(s, which):
 
     fused = {b: (lambda b=b: fpnops.conv_bn_act(x, weight, bias, padding=k // 2, residual=res, backend=b))
              for b in _fused_op_backends(s.device) if b != "triton" or k == 1}
-    impls = _with_baselines(s, eager, fused)
+    impls = _inference(_with_baselines(s, eager, fused))
     return Case(f"conv_bn_act {which} {s.batch}x{cin}x{h}x{w}",
                 {"op": "conv_bn_act", "conv": which, "input_shape": list(x.shape)},
-                impls, expected, {k_: s.loose_tol() for k_ in impls})
+                impls, expected, {k_: s.loose_tol() for k_ in impls}, eager_factor=s.eager_factor())
 
 
 def _setup(s, eager, convert, to_compile):
@@ -173,7 +228,7 @@ def _fpn_case(s, mode):
 
     def step(model):
         if not train:
-            with torch.no_grad():
+            with torch.inference_mode():
                 return model(feats)
         out = model(feats)
         sum(v.float().sum() for v in out.values()).backward()
@@ -230,7 +285,7 @@ def _backbone_case(s, name):
     models["fpnops"] = fused
 
     def run(m):
-        with torch.no_grad():
+        with torch.inference_mode():
             return m(x)
 
     def expected():
@@ -239,7 +294,8 @@ def _backbone_case(s, name):
 
     impls = {k: (lambda m=m: run(m)) for k, m in models.items()}
     return Case(f"{name} {s.batch}x3x{s.size[0]}x{s.size[1]}", {"model": name}, impls, expected,
-                {k: s.loose_tol() for k in impls}, compile_config={"freezing": True}, setup_ms=setup_ms)
+                {k: s.loose_tol() for k in impls}, eager_factor=s.eager_factor(),
+                compile_config={"freezing": True}, setup_ms=setup_ms)
 
 
 def cases(suite, s):

@@ -1,5 +1,8 @@
-"""Side-by-side timing: interleaved rounds, medians, spread, ratios. CPU with perf_counter,
-CUDA with events (as triton.testing.do_bench does), after warm-up."""
+"""Side-by-side timing: interleaved rounds, medians, spread, ratios, after warm-up. CPU: one
+call per sample, timed with perf_counter. CUDA (as triton.testing.do_bench does): each call
+between its own pair of events, after an untimed write of a buffer larger than L2, and as many
+calls per sample as make it cover TARGET_MS (see _cuda_timer)."""
+import math
 import os
 import platform
 import statistics
@@ -38,43 +41,83 @@ def _cpu_name():
     return platform.processor() or platform.machine()
 
 
-def _timer(device):
+TARGET_MS = 1.0   # CUDA: GPU time one sample covers at least (event resolution ~0.5 us)
+MAX_CALLS = 1000  # CUDA: calls per sample at most
+FLUSH_BYTES = 256 << 20  # at least; 4x L2 where that is larger
+
+
+def method(device):
+    """How compare() times on `device`, in words (the table's first line, the JSON settings)."""
     if device == "cuda":
-        def run(fn):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        return (f"CUDA events around each call, L2 flushed before each call (untimed), "
+                f"calls per sample so a sample covers >= {TARGET_MS:g} ms")
+    return "perf_counter, 1 call per sample"
+
+
+def _l2_flush():
+    """A function that evicts the caches: writes a buffer well beyond L2 (H100 50 MB, H200 60 MB),
+    so no call finds its inputs there from the call before. P4's maps fit L2: without it, their
+    GB/s would be L2 bandwidth, above what HBM delivers."""
+    l2 = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "L2_cache_size", 0)
+    buf = torch.empty(max(FLUSH_BYTES, 4 * l2), dtype=torch.uint8, device="cuda")
+    return buf.zero_
+
+
+def _cuda_timer(flush, event=None):
+    """timer(fn, calls) -> GPU ms per call, the mean over `calls` calls. Each call runs between
+    its own event pair, after flush(): the flush is queued before the start event, so it is not
+    timed, and it keeps the GPU busy while the CPU queues the call, so that a call is not charged
+    the CPU's launch time (with one event pair around one call after a sync, a 5-25 us kernel
+    mostly measured that), as long as launching it takes the CPU less time than the flush."""
+    event = event or (lambda: torch.cuda.Event(enable_timing=True))
+
+    def run(fn, calls):
+        pairs = []
+        for _ in range(calls):
+            flush()
+            start, end = event(), event()
             start.record()
             fn()
             end.record()
-            end.synchronize()
-            return start.elapsed_time(end)
-        return run
-
-    def run(fn):
-        t0 = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t0) * 1e3
+            pairs.append((start, end))
+        pairs[-1][1].synchronize()
+        return sum(start.elapsed_time(end) for start, end in pairs) / calls
     return run
 
 
-def compare(fns, device, rounds=30, warmup=3, inner=1):
-    """{name: [ms per call, ...]} timing each fn once per round, in turn (interleaved), so
-    drifts in clock or load hit every candidate alike. `inner` calls per sample for tiny ops."""
-    timer = _timer(device)
-    samples = {name: [] for name in fns}
+def _cpu_timer(fn, calls):
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) * 1e3 / calls
 
-    def many(fn):
-        def go():
-            for _ in range(inner):
-                fn()
-        return go
 
+def calls_for(ms_per_call, target_ms=TARGET_MS):
+    """Calls per sample for a sample to cover target_ms (at least 1, at most MAX_CALLS)."""
+    return max(1, min(MAX_CALLS, math.ceil(target_ms / ms_per_call) if ms_per_call > 0 else MAX_CALLS))
+
+
+def compare_calls(fns, device, rounds=30, warmup=3, timer=None):
+    """({name: [ms per call, ...]}, {name: calls per sample}), timing each fn once per round, in
+    turn (interleaved), so drifts in clock or load hit every candidate alike. CPU: one call per
+    sample. CUDA: calls per sample from one timed call after warm-up (calls_for). `timer`
+    replaces the device's timer(fn, calls) -> ms per call (tests fake the CUDA one)."""
+    if timer is None:
+        timer = _cuda_timer(_l2_flush()) if device == "cuda" else _cpu_timer
     for _ in range(warmup):
         for fn in fns.values():
             fn()
+    calls = {name: calls_for(timer(fn, 1)) if device == "cuda" else 1 for name, fn in fns.items()}
+    samples = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            samples[name].append(timer(many(fn)) / inner)
-    return samples
+            samples[name].append(timer(fn, calls[name]))
+    return samples, calls
+
+
+def compare(fns, device, rounds=30, warmup=3):
+    """{name: [ms per call, ...]}: compare_calls without the calls."""
+    return compare_calls(fns, device, rounds, warmup)[0]
 
 
 def wall_ms(fn, device):

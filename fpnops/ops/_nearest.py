@@ -13,7 +13,14 @@ with s = 1 / scale_factor if one is given, else in / out, in float (double for G
 Backward windows (top cell i sums the gradient over outputs [starts[i], starts[i + 1])):
   CPU: the outputs NEAREST_IDX maps to i; CUDA: starts[i] = min(ceil(float(i) * sb), out),
   sb = float(scale_factor) or float(out) / float(in).
+The functions here compute on CPU tensors (the tests' model); the *_value / *_ints twins compute
+the same numbers in Python floats and ints, for the Triton launchers, whose decisions must not
+read tensor data (under torch.compile they run on fake tensors).
 """
+import bisect
+import math
+import struct
+
 import torch
 from torch._prims_common import (make_channels_last_strides_for, make_contiguous_strides_for,
                                   suggest_memory_format)
@@ -29,6 +36,23 @@ def nearest_scale(in_size, out_size, scale_factor, dtype=torch.float32):
     if scale_factor is not None and scale_factor > 0:
         return torch.tensor(1.0 / scale_factor, dtype=dtype)
     return torch.tensor(in_size, dtype=dtype) / torch.tensor(out_size, dtype=dtype)
+
+
+def _f32(x):
+    """x rounded to float32 (to nearest even), as a Python float."""
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+def nearest_scale_value(in_size, out_size, scale_factor, double=False):
+    """nearest_scale as a Python float, in float32 (float64 if `double`). A float32 division
+    rounded from the double one is the float32 division: double rounding is exact for a
+    quotient when 53 >= 2 * 24 + 2 bits."""
+    if scale_factor is not None and scale_factor > 0:
+        s = 1.0 / scale_factor
+        return s if double else _f32(s)
+    if double:
+        return float(in_size) / float(out_size)
+    return _f32(_f32(in_size) / _f32(out_size))
 
 
 def cpu_forward_kind(top, out_h, out_w):
@@ -81,6 +105,25 @@ def cuda_window_starts(in_size, out_size, scale_factor):
 
 def window_starts(in_size, out_size, scale_factor, rules):
     return (cuda_window_starts if rules == "cuda" else cpu_window_starts)(in_size, out_size, scale_factor)
+
+
+def window_starts_ints(in_size, out_size, scale_factor, rules):
+    """window_starts as a tuple of Python ints (float32 products are exact in double, then
+    rounded once to float32)."""
+    if rules == "cuda":
+        if in_size == 0:
+            return (0,)
+        sb = (_f32(scale_factor) if scale_factor is not None and scale_factor > 0
+              else nearest_scale_value(out_size, in_size, None))  # float(out) / float(in)
+        return tuple(min(math.ceil(_f32(_f32(i) * sb)), out_size) for i in range(in_size + 1))
+    if out_size == in_size:  # NEAREST_IDX's source of each output index, as nearest_source
+        src = range(out_size)
+    elif out_size == 2 * in_size:
+        src = [i >> 1 for i in range(out_size)]
+    else:
+        s = nearest_scale_value(in_size, out_size, scale_factor)
+        src = [min(math.floor(_f32(_f32(i) * s)), in_size - 1) for i in range(out_size)]
+    return tuple(bisect.bisect_left(src, i) for i in range(in_size + 1))
 
 
 def output_memory_format(lateral):

@@ -11,8 +11,7 @@ import torch.nn.functional as F
 
 from fpnops import _backend
 from fpnops._errors import InputTypeError
-from fpnops.ops.conv_bn_act_checks import check_inputs, output_shape
-from torch._prims_common import suggest_memory_format
+from fpnops.ops.conv_bn_act_checks import check_inputs, output_memory_format, output_shape
 
 
 def conv_bn_act_reference(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
@@ -100,15 +99,15 @@ def _conv_bn_act(x, weight, bias, stride, padding, dilation, groups, residual, r
 
 # --- fake kernels and autograd -----------------------------------------------------------------
 
-def _empty_output(x, weight, stride, padding, dilation):
-    return torch.empty(output_shape(x, weight, stride, padding, dilation), dtype=x.dtype,
-                       device=x.device, memory_format=suggest_memory_format(x))
+def _empty_output(x, weight, stride, padding, dilation, groups=1):
+    return torch.empty(output_shape(x, weight, stride, padding, dilation), dtype=x.dtype, device=x.device,
+                       memory_format=output_memory_format(x, weight, stride, padding, dilation, groups))
 
 
 @torch.library.register_fake("fpnops::conv_bn_act")
 def _conv_bn_act_fake(x, weight, bias, stride, padding, dilation, groups, residual, relu):
     check_inputs(x, weight, bias, stride, padding, dilation, groups, residual)  # as the kernels
-    return _empty_output(x, weight, stride, padding, dilation)
+    return _empty_output(x, weight, stride, padding, dilation, groups)
 
 
 def _conv_act_grads(ctx, grad, needs):

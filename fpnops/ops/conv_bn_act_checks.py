@@ -128,3 +128,15 @@ def check_inputs(x, weight, bias, stride, padding, dilation, groups, residual, w
     return stride, padding, dilation, groups
 
 
+def output_memory_format(x, weight, stride, padding, dilation, groups=1):
+    """The layout of eager's convolution output, which the kernels return: on CUDA cuDNN's rule
+    (csrc/conv_bn_act.h conv_output_format_cuda), elsewhere the backend ATen selects and its rule
+    (conv_output_format_cpu). Both read metadata only, so fake tensors get the real layout."""
+    if x.device.type == "cuda":
+        if not torch.backends.cudnn.enabled:
+            return torch.contiguous_format
+        backend = torch._C._ConvBackend.Cudnn
+    else:
+        backend = torch._C._select_conv_backend(x, weight, None, list(stride), list(padding), list(dilation),
+                                                False, [0, 0], groups, None)
+    return torch._C._conv_determine_backend_memory_format(x, weight, backend)

@@ -1,8 +1,11 @@
 """One kernel launch as data: what a launcher computes (kernel, grid, arguments, constexprs and
 launch options) is built once, then either launched (`launch`) or, by the compile check
 (fpnops/bench/triton_targets.py), compiled for a GPU target without launching."""
+import contextlib
 import dataclasses
 
+import torch
+from torch._subclasses.fake_tensor import is_fake
 from torch.library import wrap_triton
 
 INT32_MAX = 2**31 - 1
@@ -16,9 +19,20 @@ class Launch:
     kwargs: dict  # constexprs, num_warps, num_stages
 
 
+def device_guard(args):
+    """Triton launches on the current CUDA device, not on its tensors': make the first tensor's
+    device current (cheap where it already is). No guard for CPU tensors (the interpreter) nor
+    fake ones (tracing: nothing launches, and no GPU need be there)."""
+    t = next(a for a in args if isinstance(a, torch.Tensor))
+    if t.device.type != "cuda" or is_fake(t):
+        return contextlib.nullcontext()
+    return torch.cuda.device(t.device)
+
+
 def launch(spec):
-    """The real launch (wrap_triton: torch.compile can trace it)."""
-    wrap_triton(spec.kernel)[spec.grid](*spec.args, **spec.kwargs)
+    """The real launch (wrap_triton: torch.compile can trace it), on the tensors' device."""
+    with device_guard(spec.args):
+        wrap_triton(spec.kernel)[spec.grid](*spec.args, **spec.kwargs)
 
 
 def reach(t):

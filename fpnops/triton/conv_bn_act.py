@@ -11,19 +11,21 @@ import os
 import torch
 import triton
 import triton.language as tl
-from torch._prims_common import suggest_memory_format
 from torch.library import custom_op, triton_op
 
 from fpnops._errors import InputError
-from fpnops.ops.conv_bn_act_checks import check_inputs
-from fpnops.triton._launch import Launch, launch, needs_int64
+from fpnops.ops.conv_bn_act_checks import check_inputs, output_memory_format
+from fpnops.triton._launch import Launch, device_guard, launch, needs_int64
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # As in upsample_add.py: opaque custom op under the interpreter (it cannot run on fake tensors).
 _define_op = custom_op if INTERPRETING else triton_op
 
 
-@triton.jit
+# Triton specialises int arguments on == 1 and % 16 == 0. Not here: the output's sizes and the
+# conv stride, read only by the general path's index math. M, CIN, COUT and the strides stay
+# specialised: the masks' constancy and the rows' alignment that 16-byte accesses need.
+@triton.jit(do_not_specialize=["HO", "WO", "STRIDE_H", "STRIDE_W"])
 def _conv1x1_kernel(x_ptr, w_ptr, b_ptr, r_ptr, out_ptr, M, CIN, COUT, HO, WO,
                     xs_n, xs_c, xs_h, xs_w, ws_o, ws_i, rs_n, rs_c, rs_h, rs_w,
                     os_n, os_c, os_h, os_w, STRIDE_H, STRIDE_W,
@@ -111,12 +113,14 @@ def tiles(dtype, cout, arch):
     return bm, 64 if cout <= 64 else bn, bk, warps, stages
 
 
-def _target_arch():
-    """The compute capability Triton compiles for (its active driver's current target)."""
+def _target_arch(x):
+    """The compute capability Triton compiles for on x's device (its active driver's target
+    for the current device, made x's)."""
     if INTERPRETING:
         return None
     from triton.runtime import driver
-    return driver.active.get_current_target().arch
+    with device_guard((x,)):
+        return driver.active.get_current_target().arch
 
 
 def check_args(x, weight, bias, stride, residual):
@@ -131,7 +135,7 @@ def conv1x1_launch(x, weight, bias, stride, residual, relu, out, index64=None):
     n, cin, h, w = x.shape
     cout = weight.shape[0]
     m = out.shape[0] * out.shape[2] * out.shape[3]
-    bm, bn, bk, warps, stages = tiles(x.dtype, cout, _target_arch())
+    bm, bn, bk, warps, stages = tiles(x.dtype, cout, _target_arch(x))
     res = residual if residual is not None else out
     grid = (triton.cdiv(m, bm), triton.cdiv(cout, bn))
     dense = 0
@@ -167,7 +171,7 @@ def launch_conv1x1(x, weight, bias, stride, residual, relu, *, index64=None, run
     bias = bias.contiguous() if bias is not None else None  # read as bias[co]
     ho, wo = (h - 1) // stride[0] + 1, (w - 1) // stride[1] + 1
     out = torch.empty((n, cout, ho, wo), dtype=x.dtype, device=x.device,
-                      memory_format=suggest_memory_format(x))
+                      memory_format=output_memory_format(x, weight, stride, (0, 0), (1, 1)))
     if out.numel() == 0:
         return out
     run(conv1x1_launch(x, weight, bias, stride, residual, relu, out, index64))

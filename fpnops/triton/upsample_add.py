@@ -5,6 +5,7 @@ with eager's nearest index rules (fpnops/ops/_nearest.py): the CUDA rules on CUD
 CPU rules on CPU tensors (interpreter). launch_forward / launch_backward_top take the rules as an
 argument, so that the tests can run the CUDA rules on CPU tensors.
 """
+import functools
 import os
 import struct
 
@@ -21,8 +22,10 @@ from fpnops.triton._launch import Launch, launch, needs_int64, vector_elems
 NUM_WARPS = 4
 # Triton decides when a kernel is defined (now) whether it runs in its CPU interpreter.
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
-# triton_op lets torch.compile see into the kernel; the interpreter cannot run on fake tensors,
-# so there the ops are opaque custom ops whose fake kernels fpnops/ops/upsample_add.py registers.
+# triton_op lets torch.compile see into the kernel; the op's function is then its fake kernel too,
+# run on fake tensors: the launchers decide on sizes, strides and ints only, never on data. The
+# interpreter cannot run on fake tensors, so there the ops are opaque custom ops whose fake
+# kernels fpnops/ops/upsample_add.py registers.
 _define_op = custom_op if INTERPRETING else triton_op
 
 
@@ -118,7 +121,10 @@ def _forward_row(n, mid, low, TH, TW, H, W, ls_n, ls_c, ls_h, ls_w, ts_n, ts_c, 
         return n * ts_n + mid * ts_c + ih * ts_h, n * ls_n + mid * ls_c + low * ls_h
 
 
-@triton.jit
+# Triton specialises int arguments on == 1 and % 16 == 0: not the sizes (a new image size
+# would compile anew), but numel (the masks' constancy: without it no 16-byte accesses) and the
+# strides (== 1 and % 16: what makes a run contiguous and aligned) stay specialised.
+@triton.jit(do_not_specialize=["C", "H", "W", "TH", "TW"])
 def _upsample_add_kernel(out_ptr, lat_ptr, top_ptr, numel, C, H, W, TH, TW,
                          ls_n, ls_c, ls_h, ls_w, ts_n, ts_c, ts_h, ts_w, scale_h, scale_w,
                          scale_h_f64_bits, scale_w_f64_bits,
@@ -216,7 +222,7 @@ def _add_grad_row(acc, grad_ptr, row_off, h_in, w0, w1, gs_w, mask, max_ww, cols
     return acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["C", "TH", "TW", "max_wh", "max_ww"])
 def _backward_top_kernel(gtop_ptr, grad_ptr, hstart_ptr, wstart_ptr, numel, C, TH, TW,
                          gs_n, gs_c, gs_h, gs_w, max_wh, max_ww,
                          CHANNELS_LAST: tl.constexpr, FP64: tl.constexpr, BF16_RNE: tl.constexpr,
@@ -302,11 +308,32 @@ def _rules_for(t):
 def _scales(in_size, out_size, scale_factor, kind):
     """(float scale, bits of the double scale) for the kernel's scalar arguments (Triton passes
     Python floats as float32; only GENERIC_DOUBLE needs the double, passed by its bits)."""
-    f32 = float(_nearest.nearest_scale(in_size, out_size, scale_factor))
+    f32 = _nearest.nearest_scale_value(in_size, out_size, scale_factor)
     if kind != _nearest.GENERIC_DOUBLE:
         return f32, 0
-    f64 = float(_nearest.nearest_scale(in_size, out_size, scale_factor, torch.float64))
+    f64 = _nearest.nearest_scale_value(in_size, out_size, scale_factor, double=True)
     return f32, struct.unpack("<q", struct.pack("<d", f64))[0]
+
+
+# The backward's window tables from ints only: the launcher decides on them without reading
+# tensor data (under torch.compile it runs on fake tensors).
+_window_starts = functools.lru_cache(maxsize=64)(_nearest.window_starts_ints)
+
+
+def _table(in_size, out_size, scale_factor, rules, device):
+    return torch.tensor(_window_starts(in_size, out_size, scale_factor, rules), dtype=torch.int32,
+                        device=device)
+
+
+_cached_table = functools.lru_cache(maxsize=64)(_table)
+
+
+def _window_table(in_size, out_size, scale_factor, rules, like):
+    """The int32 starts table on `like`'s device, copied there once per (sizes, scale, rules,
+    device) (the kernels only read it); built afresh for fake tensors (and other subclasses):
+    what tracing builds goes into its graph, and must not be kept."""
+    build = _cached_table if type(like) is torch.Tensor else _table
+    return build(in_size, out_size, scale_factor, rules, like.device)
 
 
 def _runs_of(out, inner):
@@ -357,9 +384,9 @@ def backward_top_launch(gtop, grad, scale_h, scale_w, rules, index64=None):
     that need no kernel)."""
     n, c, h, w = grad.shape
     top_h, top_w = gtop.shape[2:]
-    hs = _nearest.window_starts(top_h, h, scale_h, rules)
-    ws = _nearest.window_starts(top_w, w, scale_w, rules)
-    max_wh, max_ww = int((hs[1:] - hs[:-1]).max()), int((ws[1:] - ws[:-1]).max())
+    hs = _window_starts(top_h, h, scale_h, rules)
+    ws = _window_starts(top_w, w, scale_w, rules)
+    max_wh, max_ww = (max(b - a for a, b in zip(t, t[1:])) for t in (hs, ws))
     cl = gtop.is_contiguous(memory_format=torch.channels_last) and not gtop.is_contiguous()
     group, wrap, block = _runs_of(gtop, c if cl else top_w)
     win_h = max_wh if max_wh <= UNROLL_WINDOW else 0
@@ -367,7 +394,7 @@ def backward_top_launch(gtop, grad, scale_h, scale_w, rules, index64=None):
     # NCHW, windows all 1 or 2 wide, runs within rows and grad rows 16-byte aligned: each run
     # reads contiguous, aligned grad columns.
     uniform_w = (not cl and not wrap and group > 1 and win_w in (1, 2)
-                 and torch.equal(ws, win_w * torch.arange(top_w + 1)) and grad.stride(3) == 1
+                 and ws == tuple(range(0, win_w * (top_w + 1), win_w)) and grad.stride(3) == 1
                  and all(st % group == 0 for st in grad.stride()[:3]))
     if index64 is None:
         index64 = needs_int64(block, gtop, grad)
@@ -375,8 +402,8 @@ def backward_top_launch(gtop, grad, scale_h, scale_w, rules, index64=None):
     if uniform_w:
         gs_n, gs_c, gs_h = gs_n // group, gs_c // group, gs_h // group
     return Launch(_backward_top_kernel, (triton.cdiv(gtop.numel(), block),),
-                  (gtop, grad, hs.to(torch.int32).to(grad.device),
-                   ws.to(torch.int32).to(grad.device), gtop.numel(), c, top_h, top_w,
+                  (gtop, grad, _window_table(top_h, h, scale_h, rules, grad),
+                   _window_table(top_w, w, scale_w, rules, grad), gtop.numel(), c, top_h, top_w,
                    gs_n, gs_c, gs_h, gs_w, max_wh, max_ww),
                   dict(CHANNELS_LAST=cl, FP64=grad.dtype == torch.float64,
                        BF16_RNE=_bf16_rne(grad), GROUP=group, WRAP=wrap, INDEX64=bool(index64),

@@ -3,10 +3,12 @@
 // over every thread of every block of the grid the GPU launch would use. Ops (fpnops_emu::*)
 // take tensors and return the result with the plan that ran; with run=false they only plan
 // (any device: the GPU tests ask which variant fpnops' CUDA kernels take for their inputs).
+// conv_bn_act runs the CUDA launcher's host code too (layout choice, convolution, epilogue).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -130,6 +132,29 @@ Result conv_epilogue(const at::Tensor& y, const std::optional<at::Tensor>& bias,
   return {g.view, plan_list(plan)};
 }
 
+// conv_bn_act_cuda's whole body (conv_bn_act_launch) on CPU tensors: ATen's CPU convolution
+// standing in for cuDNN, the output in eager's CUDA layout, the epilogue emulated in place.
+Result conv_bn_act(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                   int64_t groups, const std::optional<at::Tensor>& residual, bool relu,
+                   int64_t max_blocks, int64_t max_index32) {
+  TORCH_CHECK(x.is_cpu(), "fpnops_emu.conv_bn_act: needs CPU tensors");
+  const auto [out, plan] = conv_bn_act_launch(x, weight, bias, stride, padding, dilation, groups,
+                                              residual, relu, Emulate{},
+                                              lowered_limits(max_blocks, max_index32));
+  return {out, plan_list(plan)};
+}
+
+// The layout conv_bn_act's CUDA kernel returns for (x, weight): conv_output_format_cuda.
+std::string conv_output_format(const at::Tensor& x, const at::Tensor& weight) {
+  switch (conv_output_format_cuda(x, weight)) {
+    case at::MemoryFormat::Contiguous: return "contiguous_format";
+    case at::MemoryFormat::ChannelsLast: return "channels_last";
+    case at::MemoryFormat::ChannelsLast3d: return "channels_last_3d";
+    default: return "preserve_format";
+  }
+}
+
 // (n // d, n % d) by the kernels' Divider (32-bit: n <= INT32_MAX; 64-bit: n < 2^63).
 at::Tensor divide(const at::Tensor& n, int64_t d, bool wide) {
   TORCH_CHECK(n.scalar_type() == at::kLong && n.is_contiguous() && n.is_cpu(),
@@ -166,11 +191,17 @@ TORCH_LIBRARY(fpnops_emu, m) {
         "float? scale_w, bool run, int max_blocks, int max_index32) -> (Tensor, int[])");
   m.def("conv_epilogue(Tensor y, Tensor? bias, Tensor? residual, bool relu, bool run, "
         "int max_blocks, int max_index32) -> (Tensor, int[])");
+  m.def("conv_bn_act(Tensor x, Tensor weight, Tensor? bias, int[] stride, int[] padding, "
+        "int[] dilation, int groups, Tensor? residual, bool relu, int max_blocks, "
+        "int max_index32) -> (Tensor, int[])");
+  m.def("conv_output_format(Tensor x, Tensor weight) -> str");
   m.def("divide(Tensor n, int d, bool wide) -> Tensor");
   m.impl("upsample_add", c10::DispatchKey::CompositeExplicitAutograd, &upsample_add);
   m.impl("upsample_add_backward_top", c10::DispatchKey::CompositeExplicitAutograd,
          &upsample_add_backward_top);
   m.impl("conv_epilogue", c10::DispatchKey::CompositeExplicitAutograd, &conv_epilogue);
+  m.impl("conv_bn_act", c10::DispatchKey::CompositeExplicitAutograd, &conv_bn_act);
+  m.impl("conv_output_format", c10::DispatchKey::CompositeExplicitAutograd, &conv_output_format);
   m.impl("divide", c10::DispatchKey::CompositeExplicitAutograd, &divide);
 }
 
