@@ -12,8 +12,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 venv=${STACK_VENV:-/tmp/fpnops-stack312}
-py=${STACK_PYTHON:-$(command -v python3.12 || ls /root/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | head -n 1)}
-[ -n "$py" ] || { echo "stack check: no python3.12 found (set STACK_PYTHON)"; exit 2; }
+py=""
+# The first Python 3.12 that runs (a pyenv shim may exist and refuse to run).
+for cand in ${STACK_PYTHON:-} python3.12 "$HOME"/.pyenv/versions/3.12*/bin/python3.12; do
+  if "$cand" -c "import sys; assert sys.version_info[:2] == (3, 12)" 2>/dev/null; then py=$cand; break; fi
+done
+[ -n "$py" ] || { echo "stack check: no Python 3.12 found (set STACK_PYTHON)"; exit 2; }
 log=${STACK_LOG:-/tmp/fpnops-stack-check}
 mkdir -p "$log"
 

@@ -1,10 +1,10 @@
 """Folding BatchNorm into a conv whose dtype cannot hold the folded values (fpnops/ops/fold.py:
 fold_conv_bn_if_it_fits): the fold is computed in float64 and checked against the conv's
-dtype. float16 holds at most 65504; a channel with running_mean 300 and running_var 1e-5 folds
-a bias of about -9.5e4, -inf in float16, while eager, which normalises the conv's output in
-float32 and rounds once, stays finite. The fused modules run the unfolded math there, fuse()
-leaves such a module alone and says so, and statistics that change after fuse() are checked
-again at every fold."""
+dtype. float16 holds at most 65504; a channel with running_mean 300 and running_var + eps
+1e-5 folds a bias of about -9.5e4, -inf in float16, while eager, which normalises the conv's
+output in float32 and rounds once, stays finite. The fused modules run the unfolded math there,
+fuse() leaves such a module alone and says so, and statistics that change after fuse() are
+checked again at every fold."""
 import copy
 
 import pytest
@@ -20,11 +20,12 @@ from fpnops.ops.fold import fold_conv_bn, fold_conv_bn_if_it_fits
 
 def _degenerate(bn, channel=1):
     """A channel whose mean is far from 0 and whose variance is tiny: it folds to a bias of
-    -mean / sqrt(var) ~ -9.5e4 (with gamma 1)."""
+    -mean / sqrt(var + eps) ~ -9.5e4 (with gamma 1). The tiny part is nn.BatchNorm2d's eps,
+    1e-5, with var 0: torch 2.11's batch_norm refuses eps 0, even in eval."""
     with torch.no_grad():
-        bn.eps = 0.0
+        assert bn.eps == 1e-5
         bn.running_mean[channel] = 300.0
-        bn.running_var[channel] = 1e-5
+        bn.running_var[channel] = 0.0
         bn.weight[channel] = 1.0
         bn.bias[channel] = 0.0
     return bn

@@ -19,6 +19,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
+import fpnops
 from fpnops import _backend
 from fpnops.ops import _nearest
 
@@ -242,13 +243,44 @@ def test_launch_runs_under_its_tensors_device(monkeypatch):
             return lambda *args, **kwargs: ran_on.append(DeviceRecorder.current)
 
     monkeypatch.setattr(torch.cuda, "device", DeviceRecorder)
-    monkeypatch.setattr(_launch, "wrap_triton", lambda kernel: Kernel())
+    monkeypatch.setattr(_launch, "traceable", lambda kernel: Kernel())
     _launch.launch(spec[0])  # fake tensors (tracing launches nothing): no guard, no GPU needed
     monkeypatch.setattr(_launch, "is_fake", lambda t: False, raising=False)  # taken for real
     _launch.launch(spec[0])
     assert ran_on == [None, torch.device("cuda:1")] and DeviceRecorder.current is None
     # CPU tensors (the interpreter): no guard
     assert isinstance(_launch.device_guard((torch.empty(1), 3)), contextlib.nullcontext)
+
+
+# --- wrap_triton and the interpreter ----------------------------------------------------------
+
+@pytest.mark.skipif(not _backend.triton_runs_on("cpu"), reason="needs Triton's interpreter")
+def test_interpreted_kernels_launch_without_wrap_triton(monkeypatch):
+    """Under TRITON_INTERPRET=1 @triton.jit gives an InterpretedFunction, which torch 2.11's
+    wrap_triton refuses ("wrap_triton only works on functions annotated with triton.jit or
+    triton.autotune"; later versions hand it back): the launch calls it itself. wrap_triton is
+    2.11's here. Before: every interpreter launch raised on torch 2.11. A compiled kernel (a
+    JITFunction) still goes through wrap_triton, so that torch.compile traces its launch."""
+    import triton
+    from triton.runtime.jit import JITFunction
+
+    from fpnops.triton import _launch
+
+    def wrap_triton_2_11(kernel):
+        if not isinstance(kernel, JITFunction):
+            raise RuntimeError("wrap_triton only works on functions annotated with triton.jit")
+        return ("wrapped", kernel)
+
+    monkeypatch.setattr(_launch, "wrap_triton", wrap_triton_2_11)
+    top, lat = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 8, 10)
+    out = fpnops.upsample_add(top, lat, backend="triton")
+    assert torch.equal(out, lat + torch.nn.functional.interpolate(top, size=(8, 10)))
+    def kernel(x):
+        pass
+
+    jit = JITFunction(kernel)
+    assert _launch.traceable(jit) == ("wrapped", jit)
+    assert not isinstance(triton.jit(kernel), JITFunction)  # what the interpreter gives
 
 
 # --- size specialisation -----------------------------------------------------------------------

@@ -30,10 +30,18 @@ def _triton_applies(weight, stride, padding, dilation, groups):
     return tuple(weight.shape[-2:]) == (1, 1) and groups == 1 and padding == (0, 0)
 
 
+@torch.compiler.assume_constant_result
+def _autocast_available(kind):
+    """Whether autocast exists for a device type (not for meta: is_autocast_enabled raises).
+    A constant per device type: so dynamo calls it at trace time (torch 2.11's dynamo cannot
+    trace torch._C._is_autocast_available; is_autocast_enabled and get_autocast_dtype it can)."""
+    return torch.amp.is_autocast_available(kind)
+
+
 def _autocast_dtype(x):
     """The autocast dtype where autocast is on for x's device type, else None."""
     kind = x.device.type
-    if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
+    if _autocast_available(kind) and torch.is_autocast_enabled(kind):
         return torch.get_autocast_dtype(kind)
     return None
 

@@ -7,6 +7,8 @@ import dataclasses
 import torch
 from torch._subclasses.fake_tensor import is_fake
 from torch.library import wrap_triton
+from triton.runtime.autotuner import Autotuner
+from triton.runtime.jit import JITFunction
 
 INT32_MAX = 2**31 - 1
 
@@ -29,10 +31,17 @@ def device_guard(args):
     return torch.cuda.device(t.device)
 
 
+def traceable(kernel):
+    """wrap_triton(kernel), which torch.compile can trace, for a compiled kernel; the kernel
+    itself under TRITON_INTERPRET=1, where @triton.jit gives an InterpretedFunction: torch 2.11's
+    wrap_triton refuses one (later versions hand it back as it is)."""
+    return wrap_triton(kernel) if isinstance(kernel, (JITFunction, Autotuner)) else kernel
+
+
 def launch(spec):
-    """The real launch (wrap_triton: torch.compile can trace it), on the tensors' device."""
+    """The real launch (traceable), on the tensors' device."""
     with device_guard(spec.args):
-        wrap_triton(spec.kernel)[spec.grid](*spec.args, **spec.kwargs)
+        traceable(spec.kernel)[spec.grid](*spec.args, **spec.kwargs)
 
 
 def reach(t):
