@@ -25,14 +25,17 @@ from fpnops.ops import _nearest
 
 pytestmark = pytest.mark.skipif(not _backend.TRITON_IMPORTABLE, reason="needs triton")
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Where the fpnops this test imported lives (site-packages after `pip install .`, as in CI; the
+# checkout where it is built in place): the child must import that one, not the source tree,
+# which has no built extension after an install.
+FPNOPS_HOME = pathlib.Path(fpnops.__file__).resolve().parents[1]
 
 
 def run_compiled(code):
     """Run `code` in a Python without TRITON_INTERPRET; the last line of its stdout, as JSON."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=ROOT,
+    env["PYTHONPATH"] = os.pathsep.join([str(FPNOPS_HOME), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=FPNOPS_HOME,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
