@@ -184,7 +184,7 @@ def summary_text(payload):
     for t in payload["targets"]:
         lines.append(f"  [{mark[t['met']]}] {t['what']} vs {t['against']}: target {t['target']}; {t['measured']}")
     if payload["mode"] == "rehearse":
-        lines.append("rehearsal: CPU, tiny shapes and scaled-down time boxes; these figures test the "
+        lines.append("rehearsal: CPU, tiny shapes, the GPU run's time boxes; these figures test the "
                      "script, they do not measure the targets")
     return "\n".join(lines) + "\n"
 
