@@ -73,7 +73,9 @@ def _conv1x1_kernel(x_ptr, w_ptr, b_ptr, r_ptr, out_ptr, M, CIN, COUT, HO, WO,
                     mask=(k[:, None] < CIN) & (co[None, :] < COUT), other=0.0)
         if UPCAST:  # the interpreter's dot mishandles bfloat16 operands
             a, b = a.to(tl.float32), b.to(tl.float32)
-        if IEEE:  # float32, float64: no tf32 rounding of the operands
+        if FP64:  # out_dtype said: Triton 3.6's dot assumes float32 and rejects a float64 acc
+            acc = tl.dot(a, b, acc, input_precision="ieee", out_dtype=tl.float64)
+        elif IEEE:  # float32: no tf32 rounding of the operands
             acc = tl.dot(a, b, acc, input_precision="ieee")
         else:
             acc = tl.dot(a, b, acc)
