@@ -27,9 +27,9 @@ fail() { echo "stack check: $*"; echo "stack check FAILED"; exit 1; }
 step "venv $venv ($("$py" -V))"
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv" || fail "venv"
 # The GPU machine's versions, exactly (torch's cu130 wheel is PyPI's default for 2.11.0). numpy
-# below 2.5: Triton 3.6's interpreter (the CPU tests' Triton) takes int() of a 1-element array,
-# which numpy 2.5 refuses (Triton 3.8 squeezes it first); the GPU machine compiles instead.
-"$venv/bin/python" -m pip install -q "torch==2.11.0" "torchvision==0.26.0" "triton==3.6.0" "numpy<2.5" \
+# below 2.4: Triton 3.6's interpreter (the CPU tests' Triton) takes int() of a 1-element array,
+# which numpy 2.4 refuses (Triton 3.8 squeezes it first); the GPU machine compiles instead.
+"$venv/bin/python" -m pip install -q "torch==2.11.0" "torchvision==0.26.0" "triton==3.6.0" "numpy<2.4" \
   setuptools wheel ninja pybind11 pytest pytest-timeout expecttest matplotlib scikit-image \
   > "$log/pip.log" 2>&1 || { tail -n 30 "$log/pip.log"; fail "pip install"; }
 "$venv/bin/python" -c "import sys, torch, torchvision, triton; print(sys.version.split()[0], torch.__version__, torchvision.__version__, triton.__version__)" \
